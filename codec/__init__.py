@@ -1,0 +1,27 @@
+"""A neural audio codec: a VQ-VAE with a WaveNet decoder that turns 16 kHz audio into discrete
+tokens (50 frames/s, 0.5 to 6 kbps) and back.
+
+    from codec import Codec
+    codec = Codec.load()
+    encoded = codec.encode(wav, sample_rate=sr, bitrate=3.0)
+    audio = codec.decode(encoded)
+"""
+
+from codec.api import Codec, EncodedAudio
+from codec.config import CodecConfig, DecoderConfig, EncoderConfig, QuantizerConfig
+from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
+from codec.model import CodecModel, build_model
+
+__all__ = [
+    "Codec",
+    "CodecConfig",
+    "CodecError",
+    "CodecModel",
+    "CorruptStreamError",
+    "DecoderConfig",
+    "EncodedAudio",
+    "EncoderConfig",
+    "InvalidAudioError",
+    "QuantizerConfig",
+    "build_model",
+]

@@ -1,0 +1,191 @@
+"""The Python API: load a codec, turn audio into codes and bytes, and back.
+
+    codec = Codec.load()                      # the bundled model (or Codec.load("my.safetensors"))
+    encoded = codec.encode(wav, sample_rate=44100, bitrate=3.0)   # wav [C, T] or [B, C, T]
+    audio = codec.decode(encoded)             # [B, 1, T] at codec.sample_rate, original length
+    data = codec.to_bytes(encoded)            # the compact file format (codec.bitstream)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from codec import bitstream
+from codec.audio import AudioSource, TensorSource, open_audio
+from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
+from codec.config import CodecConfig
+from codec.errors import CorruptStreamError, InvalidAudioError
+from codec.model import CodecModel, build_model
+from codec.windowing import Progress, decode_windows, encode_source
+
+BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "codec.safetensors"
+
+
+@dataclass
+class EncodedAudio:
+    codes: torch.Tensor  # [B, K, N] int64
+    num_samples: int  # length of the original audio at sample_rate
+    sample_rate: int  # the model's rate
+    model_id: str
+
+    @property
+    def num_levels(self) -> int:
+        return self.codes.shape[1]
+
+
+class Codec:
+    def __init__(self, model: CodecModel, model_id: str):
+        self.model = model.eval()
+        self.config: CodecConfig = model.config
+        self.model_id = model_id
+        # Frames per window for long inputs: ~10 s keeps memory flat and the overhead of the
+        # context on either side small.
+        self.window_frames = 500
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> Codec:
+        """Load a checkpoint; None means the model bundled with the package."""
+        if path is None:
+            path = BUNDLED_CHECKPOINT
+            if not path.exists():
+                raise CheckpointError(f"no bundled model at {path}; pass a checkpoint path")
+        checkpoint = read_checkpoint(path, kind="codec")
+        try:
+            config = CodecConfig.from_dict(checkpoint.config)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: invalid codec config: {error}") from None
+        model = build_model(config)
+        load_state(model, checkpoint.tensors, str(path))
+        return cls(model.to(device), f"{config.name}:{checkpoint.digest[:12]}")
+
+    def save(self, path: str | Path, half: bool = False) -> None:
+        save_checkpoint(path, "codec", self.config.to_dict(), self.model.state_dict(), half=half)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def bitrates(self) -> list[float]:
+        """kbps offered, index k for k + 1 levels."""
+        return [self.config.bitrate(k) / 1000 for k in range(1, self.config.quantizer.num_levels + 1)]
+
+    def num_levels(self, bitrate: float | None) -> int:
+        try:
+            return self.config.levels_for_bitrate(bitrate)
+        except ValueError as error:
+            raise InvalidAudioError(str(error)) from None
+
+    def encode(
+        self, wav: torch.Tensor | np.ndarray, sample_rate: int, bitrate: float | None = None
+    ) -> EncodedAudio:
+        """Encode wav [T], [C, T] or [B, C, T] at any sample rate -> codes [B, K, N]."""
+        wav = torch.as_tensor(wav)
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() == 2:
+            wav = wav[None]
+        if wav.dim() != 3:
+            raise InvalidAudioError(f"audio must be [T], [C, T] or [B, C, T], got {tuple(wav.shape)}")
+        if not 0 < sample_rate <= 768_000:
+            raise InvalidAudioError(f"unsupported sample rate {sample_rate} Hz")
+        levels = self.num_levels(bitrate)
+        sources = [TensorSource(item, sample_rate, self.sample_rate) for item in wav]
+        num_samples = sources[0].num_samples
+        frames = self.model.num_frames(num_samples)
+        if frames <= self.window_frames:
+            batch = torch.stack([s.signal for s in sources]).to(self.device)
+            # clone() outside inference mode: callers may edit the result in place.
+            codes = self.model.encode(batch, levels).cpu().clone()
+        else:
+            codes = torch.stack([encode_source(self.model, s, levels, self.window_frames) for s in sources])
+        return EncodedAudio(codes, num_samples, self.sample_rate, self.model_id)
+
+    def encode_file(
+        self, file: str | Path | BinaryIO | bytes, bitrate: float | None = None, progress: Progress | None = None
+    ) -> EncodedAudio:
+        """Encode an audio file in bounded memory -> codes [1, K, N]."""
+        source = open_audio(file, self.sample_rate)
+        return self.encode_source(source, bitrate, progress)
+
+    def encode_source(
+        self, source: AudioSource, bitrate: float | None = None, progress: Progress | None = None
+    ) -> EncodedAudio:
+        codes = encode_source(self.model, source, self.num_levels(bitrate), self.window_frames, progress)
+        return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id)
+
+    def decode(self, encoded: EncodedAudio) -> torch.Tensor:
+        """Codes [B, K, N] -> waveform [B, 1, num_samples] at the model's sample rate."""
+        self._check(encoded)
+        if encoded.codes.shape[-1] <= self.window_frames:
+            wav = self.model.decode(encoded.codes.to(self.device)).float().cpu()
+            return wav[..., : encoded.num_samples].clone()
+        return torch.stack([torch.cat(list(self.decode_iter(encoded, item)), dim=-1) for item in range(encoded.codes.shape[0])])
+
+    def decode_iter(self, encoded: EncodedAudio, item: int = 0, progress: Progress | None = None):
+        """Yield the waveform of one batch item in consecutive pieces [1, L] (bounded memory)."""
+        self._check(encoded)
+        return decode_windows(self.model, encoded.codes[item], encoded.num_samples, self.window_frames, progress)
+
+    def _check(self, encoded: EncodedAudio) -> None:
+        codes = encoded.codes
+        q = self.config.quantizer
+        if codes.dim() != 3:
+            raise CorruptStreamError(f"codes must be [B, K, N], got shape {tuple(codes.shape)}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise CorruptStreamError(f"codes must be integers, got {codes.dtype}")
+        if not 1 <= codes.shape[1] <= q.num_levels:
+            raise CorruptStreamError(f"codes have {codes.shape[1]} levels, this model has 1 to {q.num_levels}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= q.codebook_size):
+            raise CorruptStreamError(f"codes must be in [0, {q.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+        if self.model.num_frames(encoded.num_samples) != codes.shape[-1]:
+            raise CorruptStreamError(
+                f"{codes.shape[-1]} frames do not match a length of {encoded.num_samples} samples"
+            )
+        if encoded.sample_rate != self.sample_rate:
+            raise CorruptStreamError(f"codes are for {encoded.sample_rate} Hz, this model runs at {self.sample_rate} Hz")
+
+    def header(self, encoded: EncodedAudio, coding: str = "packed") -> bitstream.StreamHeader:
+        return bitstream.StreamHeader(
+            model_id=encoded.model_id,
+            sample_rate=encoded.sample_rate,
+            hop_length=self.config.hop_length,
+            num_levels=encoded.num_levels,
+            codebook_size=self.config.quantizer.codebook_size,
+            num_samples=encoded.num_samples,
+            num_frames=encoded.codes.shape[-1],
+            coding=coding,
+        )
+
+    def to_bytes(self, encoded: EncodedAudio) -> bytes:
+        """One item's codes [1, K, N] -> the bit-packed file format."""
+        if encoded.codes.shape[0] != 1:
+            raise ValueError("to_bytes writes one item; split the batch first")
+        return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy())
+
+    def from_bytes(self, data: bytes) -> EncodedAudio:
+        """Parse a file written by to_bytes and check that this model can decode it."""
+        stream = bitstream.read_stream(data)
+        header = stream.header
+        if header.coding != "packed":
+            raise CorruptStreamError(f"stream uses {header.coding!r} coding; decode it with the prior")
+        self.check_header(header)
+        codes = torch.from_numpy(bitstream.decode_packed(stream))[None]
+        return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id)
+
+    def check_header(self, header: bitstream.StreamHeader) -> None:
+        q = self.config.quantizer
+        if header.model_id != self.model_id:
+            raise CorruptStreamError(f"stream was written by model {header.model_id}, this is {self.model_id}")
+        if (header.sample_rate, header.hop_length) != (self.sample_rate, self.config.hop_length):
+            raise CorruptStreamError("stream sample rate or frame size does not match the model")
+        if header.codebook_size != q.codebook_size or header.num_levels > q.num_levels:
+            raise CorruptStreamError("stream codebook size or number of levels does not match the model")

@@ -1,0 +1,131 @@
+"""Frozen configuration dataclasses for the codec, one per part.
+
+The whole `CodecConfig` is stored as JSON inside every checkpoint, so a checkpoint fully
+describes the network it holds; `from_dict` rejects unknown keys so that a mismatched file fails
+loudly instead of silently building a different model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    # The encoder sees a compressed complex STFT (|X|^0.3 with phase) at `stft_hop` samples per
+    # frame, so every convolution runs at frame rate, never at the waveform rate.
+    n_fft: int = 640
+    stft_hop: int = 160
+    channels: int = 256
+    # Residual blocks at the STFT frame rate, one dilation each, before the strided downsampling
+    # to the code frame rate.
+    dilations: tuple[int, ...] = (1, 3, 9, 1, 3, 9)
+    kernel_size: int = 3
+    latent_dim: int = 128
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    num_levels: int = 12
+    codebook_size: int = 1024
+    dim: int = 128
+    commitment_weight: float = 0.25
+    # "ema": codebooks follow exponential moving averages of their assigned vectors (van den Oord
+    # et al. 2017, appendix; EnCodec). "loss": codebooks learn from the codebook loss by gradient.
+    update: str = "ema"
+    ema_decay: float = 0.99
+    # Entries used less than this (EMA count) are restarted from random vectors of the batch.
+    dead_code_threshold: float = 1.0
+    # Probability that a training item is quantized with a random number of levels.
+    level_dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    channels: int = 160
+    # Gated (tanh x sigmoid) dilated residual layers at the decoder frame rate; one entry a layer.
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8)
+    kernel_size: int = 3
+    skip_channels: int = 160
+    # The decoder upsamples the codes' frame rate by this factor before the WaveNet stack, and the
+    # inverse STFT head turns each decoder frame into `hop` new samples.
+    upsample: int = 2
+    n_fft: int = 640
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    sample_rate: int = 16000
+    hop_length: int = 320  # samples per code frame: 50 frames/s at 16 kHz
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    name: str = "vqcodec-16k"
+
+    def __post_init__(self) -> None:
+        if self.hop_length % self.encoder.stft_hop:
+            raise ValueError("hop_length must be a multiple of encoder.stft_hop")
+        if self.hop_length % self.decoder.upsample:
+            raise ValueError("hop_length must be a multiple of decoder.upsample")
+        if self.encoder.latent_dim != self.quantizer.dim:
+            raise ValueError("encoder.latent_dim must equal quantizer.dim")
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_code(self) -> int:
+        return max(1, math.ceil(math.log2(self.quantizer.codebook_size)))
+
+    def bitrate(self, num_levels: int) -> float:
+        """Bits per second of the packed codes when `num_levels` levels are kept."""
+        return num_levels * self.bits_per_code * self.frame_rate
+
+    def levels_for_bitrate(self, kbps: float | None) -> int:
+        """The largest number of levels whose bitrate does not exceed `kbps` (None: all)."""
+        if kbps is None:
+            return self.quantizer.num_levels
+        if not math.isfinite(kbps) or kbps <= 0:
+            raise ValueError(f"bitrate must be a positive number of kbps, got {kbps}")
+        levels = int(kbps * 1000 // self.bitrate(1))
+        if levels < 1:
+            lowest = self.bitrate(1) / 1000
+            raise ValueError(f"bitrate {kbps} kbps is below the lowest this model offers ({lowest:g} kbps)")
+        return min(levels, self.quantizer.num_levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
+        parts = {"encoder": EncoderConfig, "quantizer": QuantizerConfig, "decoder": DecoderConfig}
+        kwargs = {}
+        for key, value in data.items():
+            if key in parts:
+                kwargs[key] = _build(parts[key], value)
+            else:
+                kwargs[key] = value
+        return _build(cls, kwargs)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)
+
+
+def tiny_config() -> CodecConfig:
+    """A few-thousand-parameter model for tests: same structure, small widths."""
+    return CodecConfig(
+        encoder=EncoderConfig(channels=32, dilations=(1, 3), latent_dim=16),
+        quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16),
+        decoder=DecoderConfig(channels=32, dilations=(1, 2, 4), skip_channels=32),
+        name="vqcodec-tiny",
+    )

@@ -1,0 +1,196 @@
+"""Residual vector quantization with straight-through gradients (VQ-VAE, van den Oord et al. 2017).
+
+Each level replaces its input by the nearest entry of a codebook; the next level quantizes what is
+left. Codebooks are initialised by k-means on the first training batch, follow exponential moving
+averages of the vectors assigned to them (or learn from the codebook loss, a config switch), and
+entries that fall out of use are restarted from vectors of the current batch. Training drops the
+upper levels for a random part of each batch, so that one model serves every bitrate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from codec.config import QuantizerConfig
+
+
+@dataclass
+class QuantizedResult:
+    quantized: torch.Tensor  # [B, D, N], straight-through in training
+    codes: torch.Tensor  # [B, K, N] int64, K = number of levels used
+    commitment_loss: torch.Tensor  # scalar, already weighted by beta
+    codebook_loss: torch.Tensor  # scalar; zero when codebooks follow EMA
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def _kmeans(samples: torch.Tensor, k: int, iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on samples [M, D]; returns centroids [k, D] and cluster sizes [k]."""
+    index = torch.randint(0, samples.shape[0], (k,), device=samples.device)
+    centroids = samples[index].clone()
+    for _ in range(iterations):
+        assign = torch.cdist(samples, centroids).argmin(dim=1)
+        sizes = torch.bincount(assign, minlength=k).to(samples.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
+        filled = sizes > 0
+        centroids[filled] = sums[filled] / sizes[filled, None]
+    return centroids, sizes
+
+
+class VectorQuantizer(nn.Module):
+    """One codebook of `codebook_size` entries of dimension `dim`."""
+
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        self.config = config
+        size, dim = config.codebook_size, config.dim
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        if config.update == "ema":
+            self.register_buffer("codebook", torch.randn(size, dim))
+            self.register_buffer("cluster_size", torch.zeros(size))
+            self.register_buffer("embed_sum", torch.zeros(size, dim))
+        elif config.update == "loss":
+            self.codebook = nn.Parameter(torch.randn(size, dim))
+        else:
+            raise ValueError(f"unknown codebook update rule {config.update!r}")
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest entry for each vector of x [M, D] -> [M]."""
+        codebook = self.codebook.to(x.dtype)
+        distance = (
+            x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None, :]
+        )
+        return distance.argmin(dim=1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors for codes [B, N] -> [B, D, N]."""
+        return F.embedding(codes, self.codebook).transpose(1, 2)
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        centroids, sizes = _kmeans(x.float(), self.config.codebook_size)
+        self.codebook.data.copy_(_broadcast(centroids))
+        if self.config.update == "ema":
+            self.cluster_size.copy_(_broadcast(sizes))
+            self.embed_sum.copy_(self.codebook * self.cluster_size[:, None])
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        decay = self.config.ema_decay
+        counts = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).float())
+        sums = _all_reduce(torch.zeros_like(self.embed_sum).index_add_(0, codes, x.float()))
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        # Laplace smoothing keeps rare entries from dividing by ~0.
+        total = self.cluster_size.sum()
+        size = self.config.codebook_size
+        smoothed = (self.cluster_size + 1e-5) / (total + size * 1e-5) * total
+        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, x: torch.Tensor) -> None:
+        if self.config.update != "ema":
+            return
+        dead = self.cluster_size < self.config.dead_code_threshold
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        # The same replacement vectors on every rank keep the codebooks identical under DDP.
+        replacement = x[torch.randint(0, x.shape[0], (num_dead,), device=x.device)].float()
+        replacement = _broadcast(replacement.contiguous())
+        self.codebook[dead] = replacement
+        self.cluster_size[dead] = self.config.dead_code_threshold
+        self.embed_sum[dead] = replacement * self.config.dead_code_threshold
+
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize x [B, D, N]; returns (quantized [B, D, N] without straight-through, codes [B, N]).
+
+        `active` [B] (bool) marks the items that use this level; only they update the codebook.
+        """
+        batch, dim, frames = x.shape
+        flat = x.transpose(1, 2).reshape(-1, dim)
+        if self.training:
+            selected = flat if active is None else x.transpose(1, 2)[active].reshape(-1, dim)
+            if not bool(self.initialized) and selected.shape[0] > 0:
+                self._initialize(selected.detach())
+        codes = self.nearest(flat.detach())
+        if self.training and self.config.update == "ema":
+            selected_codes = codes.view(batch, frames)
+            if active is not None:
+                selected_codes = selected_codes[active]
+            self._ema_update(selected.detach(), selected_codes.reshape(-1))
+            self._restart_dead_codes(selected.detach() if selected.shape[0] else flat.detach())
+        codes = codes.view(batch, frames)
+        return self.lookup(codes), codes
+
+
+class ResidualVectorQuantizer(nn.Module):
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        self.config = config
+        self.levels = nn.ModuleList(VectorQuantizer(config) for _ in range(config.num_levels))
+
+    def _levels_per_item(self, batch: int, num_levels: int | None, device: torch.device) -> torch.Tensor:
+        levels = torch.full((batch,), num_levels or self.config.num_levels, device=device)
+        if self.training and num_levels is None and self.config.level_dropout > 0:
+            dropped = torch.rand(batch, device=device) < self.config.level_dropout
+            random_levels = torch.randint(1, self.config.num_levels + 1, (batch,), device=device)
+            levels = torch.where(dropped, random_levels, levels)
+        return levels
+
+    def forward(self, x: torch.Tensor, num_levels: int | None = None) -> QuantizedResult:
+        """Quantize latents x [B, D, N] with `num_levels` levels (None: all; random in training)."""
+        if num_levels is not None and not 1 <= num_levels <= self.config.num_levels:
+            raise ValueError(f"num_levels must be in 1..{self.config.num_levels}, got {num_levels}")
+        levels = self._levels_per_item(x.shape[0], num_levels, x.device)
+        used = int(levels.max())
+        residual = x
+        quantized = torch.zeros_like(x)
+        codes, commitment, codebook_loss = [], x.new_zeros(()), x.new_zeros(())
+        for index, level in enumerate(self.levels[:used]):
+            active = levels > index
+            q, c = level(residual, active if self.training else None)
+            mask = active.to(x.dtype)[:, None, None]
+            weight = mask.mean().clamp_min(1e-8)
+            error = (residual.detach() - q).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else None
+            commitment = commitment + ((residual - q.detach()).pow(2).mean(dim=(1, 2)) * mask[:, 0, 0]).mean() / weight
+            if error is not None:
+                codebook_loss = codebook_loss + (error * mask[:, 0, 0]).mean() / weight
+            quantized = quantized + q * mask
+            residual = residual - q.detach() * mask
+            codes.append(c)
+        # Straight-through: the forward pass sees the codebook vectors, the backward pass the
+        # identity; codebooks learn only from EMA or the codebook loss, never from reconstruction.
+        quantized_st = x + (quantized - x).detach()
+        return QuantizedResult(
+            quantized=quantized_st if self.training else quantized,
+            codes=torch.stack(codes, dim=1),
+            commitment_loss=commitment * self.config.commitment_weight,
+            codebook_loss=codebook_loss,
+        )
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of the codebook vectors of codes [B, K, N] -> [B, D, N]; K may be fewer than all levels."""
+        if codes.shape[1] > self.config.num_levels:
+            raise ValueError(f"codes have {codes.shape[1]} levels, the model has {self.config.num_levels}")
+        return sum(level.lookup(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]]))

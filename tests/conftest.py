@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny seeded models and a small synthetic corpus, no network, no weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec import Codec, build_model
+from codec.config import tiny_config
+
+
+def harmonic_signal(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
+    """A voiced-speech-like test signal: a gliding harmonic tone with a syllable envelope + noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = rng.uniform(90, 250) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
+    noise = rng.normal(0, 0.05, t.shape)
+    x = envelope * voice * 0.2 + noise * envelope
+    return (x / np.abs(x).max() * 0.8).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec() -> Codec:
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    model.train()
+    with torch.no_grad():  # one training pass initialises the codebooks from data
+        model(torch.from_numpy(np.stack([harmonic_signal(1.0, 16000, s) for s in range(4)]))[:, None])
+    return Codec(model.eval(), "vqcodec-tiny:test")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A manifest of synthetic clips: 8 train (speech and music kinds), 2 val."""
+    root = tmp_path_factory.mktemp("corpus")
+    entries = []
+    for index in range(10):
+        split = "val" if index >= 8 else "train"
+        kind = "music" if index % 4 == 3 else "speech"
+        path = Path(split) / kind / f"clip{index}.flac"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        audio = harmonic_signal(1.5 + 0.25 * index, 16000, index)
+        sf.write(root / path, audio, 16000, subtype="PCM_16")
+        entries.append({"path": str(path), "source_package": "synthetic", "original_path": str(path),
+                        "license": "CC0", "duration": len(audio) / 16000, "split": split, "kind": kind,
+                        "group": f"g{index}", "sample_rate": 16000})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return root / "manifest.jsonl"

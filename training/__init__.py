@@ -1,0 +1,1 @@
+"""Training code for the codec: losses, discriminators, the training loop."""

@@ -1,0 +1,263 @@
+"""Train the codec on a corpus manifest; resumes exactly from the run directory's last state.
+
+    python -m training.train --manifest data/corpus/manifest.jsonl --run_dir runs/codec
+    torchrun --nproc_per_node 2 -m training.train ...     # data parallel (gloo on CPU, NCCL on GPU)
+
+Any TrainConfig field can be overridden as `--field value`. The run directory holds
+`state.safetensors` (everything needed to resume), `best.safetensors` and `last.safetensors`
+(inference checkpoints), `metrics.jsonl` and `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from codec.api import Codec
+from codec.config import CodecConfig, tiny_config
+from codec.model import CodecModel, build_model
+from training.data import CropSampler, load_validation, read_manifest
+from training.discriminators import Discriminator, DiscriminatorConfig
+from training.losses import (
+    MelLoss,
+    MultiResolutionSTFTLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from training.state import load_training_state, save_training_state
+from training.validate import validate
+
+
+@dataclass
+class TrainConfig:
+    manifest: str = "data/corpus/manifest.jsonl"
+    run_dir: str = "runs/codec"
+    model: str = "default"  # "default" or "tiny"
+    steps: int = 200_000  # stop after this many optimizer steps in all
+    max_minutes: float = 0.0  # stop this invocation after so many minutes (0: no limit)
+    batch_size: int = 16  # per process
+    segment_seconds: float = 1.0
+    learning_rate: float = 1e-3
+    warmup_steps: int = 1000
+    lr_half_life: int = 60_000  # steps over which the learning rate halves after warm-up
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 0  # torch threads per process (0: leave the default)
+    kind_weights: dict = field(default_factory=lambda: {"speech": 0.65, "tts": 0.1, "music": 0.25})
+    # Weights of the named losses; a loss with weight 0 is not computed.
+    lambdas: dict = field(
+        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0}
+    )
+    adversarial: bool = False  # switch the GAN losses on (costs ~3x the compute per step)
+    adversarial_start: int = 0  # step at which the discriminator starts
+    log_every: int = 25
+    val_every: int = 1000
+    val_seconds: float = 120.0
+    save_every: int = 500  # steps between resumable states (and last.safetensors)
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    config = TrainConfig()
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    overrides = {}
+    it = iter(argv)
+    for arg in it:
+        if not arg.startswith("--"):
+            raise SystemExit(f"unexpected argument {arg!r}; options are --field value")
+        key = arg[2:].split("=", 1)[0]
+        value = arg.split("=", 1)[1] if "=" in arg else next(it)
+        if key not in fields:
+            raise SystemExit(f"unknown option --{key}; options: {', '.join(fields)}")
+        current = getattr(config, key)
+        if isinstance(current, bool):
+            overrides[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, dict):
+            overrides[key] = {**current, **json.loads(value)}
+        else:
+            overrides[key] = type(current)(value)
+    return dataclasses.replace(config, **overrides)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def learning_rate_factor(config: TrainConfig):
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+        decay = 0.5 ** (max(step - config.warmup_steps, 0) / config.lr_half_life)
+        return warm * decay
+
+    return factor
+
+
+class Losses:
+    """The named losses of one step, weighted by the config's lambdas."""
+
+    def __init__(self, config: TrainConfig, sample_rate: int, device: torch.device):
+        self.lambdas = config.lambdas
+        self.mel = MelLoss(sample_rate).to(device)
+        self.stft = MultiResolutionSTFTLoss().to(device)
+
+    def reconstruction(self, output, wav) -> dict[str, torch.Tensor]:
+        losses = {}
+        if self.lambdas.get("mel", 0):
+            losses["mel"] = self.mel(output.audio, wav)
+        if self.lambdas.get("stft", 0):
+            losses["stft"] = self.stft(output.audio, wav)
+        losses["commitment"] = output.commitment_loss
+        losses["codebook"] = output.codebook_loss
+        return losses
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.lambdas.get(name, 0.0) * value for name, value in losses.items())
+
+
+def train(config: TrainConfig) -> None:
+    rank, world, device = setup_distributed()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed + rank)
+
+    model_config = tiny_config() if config.model == "tiny" else CodecConfig()
+    model = build_model(model_config).to(device)
+    train_model = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), config.learning_rate, betas=(0.8, 0.99), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
+    modules, optimizers, schedulers = {"codec": model}, {"codec": optimizer}, {"codec": scheduler}
+    discriminator = None
+    if config.adversarial:
+        discriminator = Discriminator(DiscriminatorConfig()).to(device)
+        d_optimizer = torch.optim.AdamW(discriminator.parameters(), config.learning_rate, betas=(0.8, 0.99))
+        d_scheduler = torch.optim.lr_scheduler.LambdaLR(d_optimizer, learning_rate_factor(config))
+        modules["discriminator"], optimizers["discriminator"], schedulers["discriminator"] = (
+            discriminator, d_optimizer, d_scheduler,
+        )
+        train_discriminator = DistributedDataParallel(discriminator) if world > 1 else discriminator
+
+    train_clips = read_manifest(config.manifest, "train")
+    segment = int(config.segment_seconds * model_config.sample_rate)
+    sampler = CropSampler(train_clips, model_config.sample_rate, segment, config.kind_weights, config.seed * 1000 + rank, progress=rank == 0)
+    val_clips = load_validation(read_manifest(config.manifest, "val", ("speech",)), model_config.sample_rate, config.val_seconds) if rank == 0 else []
+    losses_fn = Losses(config, model_config.sample_rate, device)
+
+    # Rank 0 keeps the weights and optimizer state; every rank keeps its own random states.
+    state_path = run_dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
+    own = (modules, optimizers, schedulers) if rank == 0 else ({}, {}, {})
+    step, best, elapsed = 0, math.inf, 0.0
+    if (run_dir / "state.safetensors").exists():
+        info = load_training_state(run_dir / "state.safetensors", modules, optimizers, schedulers, {})
+        step, best, elapsed = info["step"], info["best"], info["elapsed"]
+        rank_info = load_training_state(state_path, {}, {}, {}, {"data": sampler.generator})
+        if rank_info["step"] != step:
+            raise SystemExit(f"{state_path} is from step {rank_info['step']}, the run state from step {step}")
+        if rank == 0:
+            print(f"resumed from {state_path} at step {step}", file=sys.stderr)
+    elif rank == 0:
+        (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
+        print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+              f"{ {k: round(v / model_config.sample_rate / 60, 1) for k, v in sampler.seconds.items()} } minutes", file=sys.stderr)
+
+    def save_state() -> None:
+        info = {"step": step, "best": best, "elapsed": elapsed + time.time() - started}
+        save_training_state(state_path, *own, {"data": sampler.generator}, info)
+        if rank == 0:
+            Codec(model, model_config.name).save(run_dir / "last.safetensors")
+
+    def out_of_time() -> bool:
+        # Rank 0's clock decides for everyone, so all ranks stop at the same step.
+        late = bool(config.max_minutes) and time.time() - started > config.max_minutes * 60
+        flag = torch.tensor(float(late), device=device)
+        if world > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag)
+
+    started = time.time()
+    metrics_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=config.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+    model.train()
+    while step < config.steps:
+        if out_of_time():
+            break
+        wav = sampler.batch(config.batch_size).to(device)
+        output = train_model(wav)
+        losses = losses_fn.reconstruction(output, wav)
+
+        use_gan = discriminator is not None and step >= config.adversarial_start
+        if use_gan:
+            d_losses = discriminator_loss(train_discriminator(wav), train_discriminator(output.audio.detach()))
+            d_optimizer.zero_grad(set_to_none=True)
+            d_losses.backward()
+            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip * 10)
+            d_optimizer.step()
+            d_scheduler.step()
+            fake, real = train_discriminator(output.audio), train_discriminator(wav)
+            losses["adv"] = generator_adversarial_loss(fake)
+            losses["feat"] = feature_matching_loss([o.features for o in real], [o.features for o in fake])
+            losses["disc"] = d_losses.detach()
+
+        total = losses_fn.total(losses)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+
+        if rank == 0 and step % config.log_every == 0:
+            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]}
+            record.update({f"{k}/loss": v.item() for k, v in losses.items()})
+            record["time"] = round(elapsed + time.time() - started, 1)
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(mel=f"{record.get('mel/loss', 0):.3f}", loss=f"{record['loss']:.3f}")
+        if rank == 0 and val_clips and step % config.val_every == 0:
+            result = validate(model, val_clips)
+            model.train()
+            metrics_file.write(json.dumps({"step": step, "val": result}) + "\n")
+            metrics_file.flush()
+            score = result["mel_distance"]["3.0kbps"] if "3.0kbps" in result["mel_distance"] else min(result["mel_distance"].values())
+            if score < best:
+                best = score
+                Codec(model, model_config.name).save(run_dir / "best.safetensors")
+            tqdm.write(f"step {step}: val {json.dumps(result)}")
+        if step % config.save_every == 0:
+            save_state()
+    save_state()
+    bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    train(parse_config(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
