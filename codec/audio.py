@@ -72,6 +72,8 @@ class FileSource:
 
     def __init__(self, file: str | Path | BinaryIO, target_rate: int):
         name = str(file) if isinstance(file, (str, Path)) else "input"
+        if isinstance(file, (str, Path)) and Path(file).is_file() and Path(file).stat().st_size == 0:
+            raise InvalidAudioError(f"{name} is empty (0 bytes)")
         try:
             self.file = sf.SoundFile(file)
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
@@ -83,6 +85,9 @@ class FileSource:
         if self.file.channels < 1:
             raise InvalidAudioError(f"{name}: audio has no channels")
         frames = self.file.frames
+        declared = _declared_wav_frames(file, self.file) if self.file.format in ("WAV", "WAVEX") else None
+        if declared is not None and declared > frames:
+            raise InvalidAudioError(f"{name}: file is truncated (header declares {declared} samples, data holds {frames})")
         if frames <= 0:
             raise InvalidAudioError(f"{name}: audio is empty (0 samples)")
         self.sample_rate = target_rate
@@ -131,9 +136,37 @@ class FileSource:
         return result
 
 
+def _declared_wav_frames(file, info: sf.SoundFile) -> int | None:
+    """Frames the RIFF header's data chunk declares (None if unknown), to detect truncation."""
+    try:
+        if isinstance(file, (str, Path)):
+            with open(file, "rb") as handle:
+                head = handle.read(1 << 16)
+        else:
+            position = file.tell()
+            file.seek(0)
+            head = file.read(1 << 16)
+            file.seek(position)
+    except (OSError, AttributeError):
+        return None
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk == b"data":
+            if size in (0, 0xFFFFFFFF):  # streaming writers leave the size open
+                return None
+            frame_bytes = info.channels * {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "PCM_U8": 1}.get(info.subtype, 0)
+            return size // frame_bytes if frame_bytes else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
 def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1] if text else type(error).__name__
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    # libsndfile says "Error opening 'PATH': Reason."; the path is already in our message.
+    return lines[-1].rsplit("': ", 1)[-1].rstrip(".").lower()
 
 
 def open_audio(file: str | Path | BinaryIO | bytes, target_rate: int) -> FileSource:

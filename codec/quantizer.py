@@ -131,8 +131,8 @@ class VectorQuantizer(nn.Module):
         flat = x.transpose(1, 2).reshape(-1, dim)
         if self.training:
             selected = flat if active is None else x.transpose(1, 2)[active].reshape(-1, dim)
-            if not bool(self.initialized) and selected.shape[0] > 0:
-                self._initialize(selected.detach())
+            if not bool(self.initialized):
+                self._initialize(flat.detach())
         codes = self.nearest(flat.detach())
         if self.training and self.config.update == "ema":
             selected_codes = codes.view(batch, frames)
@@ -163,7 +163,9 @@ class ResidualVectorQuantizer(nn.Module):
         if num_levels is not None and not 1 <= num_levels <= self.config.num_levels:
             raise ValueError(f"num_levels must be in 1..{self.config.num_levels}, got {num_levels}")
         levels = self._levels_per_item(x.shape[0], num_levels, x.device)
-        used = int(levels.max())
+        # In training every level runs, active or not, so that all data-parallel ranks make the
+        # same collective calls in the same order.
+        used = self.config.num_levels if self.training else int(levels.max())
         residual = x
         quantized = torch.zeros_like(x)
         codes, commitment, codebook_loss = [], x.new_zeros(()), x.new_zeros(())

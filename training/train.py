@@ -11,6 +11,7 @@ Any TrainConfig field can be overridden as `--field value`. The run directory ho
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -251,8 +252,18 @@ def train(config: TrainConfig) -> None:
     save_state()
     bar.close()
     if world > 1:
+        # Every rank reports a digest of its weights and buffers: they must all be equal.
+        print(f"rank {rank} step {step} weights sha256 {state_digest(model)}", file=sys.stderr, flush=True)
         dist.barrier()
         dist.destroy_process_group()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def main() -> None:

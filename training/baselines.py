@@ -1,0 +1,191 @@
+"""The systems an evaluation compares: our codec at several bitrates, Opus and Codec2.
+
+Each system turns a 16 kHz mono signal into a file, is charged that file's size, and decodes it
+back to 16 kHz. Opus and Codec2 run as their command-line tools (Debian packages `opus-tools`
+and `codec2`); where a tool is missing its systems are left out with a warning.
+
+- Opus: `opusenc --bitrate B` on a 16 kHz WAV, libopus picks the coded bandwidth itself; the
+  .opus file is Ogg, so its size includes page headers and the OpusHead/OpusTags packets
+  (about 1 kbps of overhead on a few-second clip). `opusdec --rate 16000` decodes.
+- Codec2: narrowband only. 16 kHz -> 8 kHz raw s16 -> `c2enc MODE x.c2` (a .c2 name makes it
+  write a 7-byte header with the mode) -> `c2dec` -> back to 16 kHz.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from codec import Codec
+
+SAMPLE_RATE = 16000
+OPUS_KBPS = (6, 8, 12)
+CODEC2_MODES = (3200, 1600)
+
+
+@dataclass
+class SystemOutput:
+    audio: np.ndarray  # [T'] float32 at 16 kHz, not yet aligned with the input
+    num_bytes: int  # size of the file this system would store or send
+    payload_bps: float | None = None  # ours: bits/s of the packed codes alone, without the header
+    # Opus: packets per (mode, coded bandwidth), read from each packet's TOC byte.
+    bandwidths: Counter = field(default_factory=Counter)
+
+
+class System:
+    family: str  # "ours", "opus" or "codec2"; one line per family in the rate-distortion plot
+    setting: str  # what was asked of it, e.g. "1.5 kbps" or "mode 3200"
+    nominal_kbps: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} {self.setting}"
+
+    def run(self, audio: np.ndarray) -> SystemOutput:
+        raise NotImplementedError
+
+
+class OurCodec(System):
+    family = "ours"
+
+    def __init__(self, codec: Codec, kbps: float):
+        self.codec = codec
+        self.kbps = kbps
+        self.levels = codec.num_levels(kbps)
+        self.setting = f"{kbps:g} kbps"
+        self.nominal_kbps = codec.config.bitrate(self.levels) / 1000
+
+    def run(self, audio: np.ndarray) -> SystemOutput:
+        encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps)
+        data = self.codec.to_bytes(encoded)
+        decoded = self.codec.decode(encoded)[0, 0].numpy()
+        return SystemOutput(decoded, len(data), payload_bps=self.codec.config.bitrate(encoded.num_levels))
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+
+
+def _to_int16(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+
+
+class Opus(System):
+    family = "opus"
+
+    def __init__(self, kbps: int):
+        self.kbps = kbps
+        self.setting = f"{kbps} kbps"
+        self.nominal_kbps = float(kbps)
+
+    def run(self, audio: np.ndarray) -> SystemOutput:
+        with tempfile.TemporaryDirectory(prefix="eval-opus-") as tmp:
+            wav, opus, out = Path(tmp, "in.wav"), Path(tmp, "out.opus"), Path(tmp, "out.wav")
+            sf.write(wav, _to_int16(audio), SAMPLE_RATE, subtype="PCM_16")
+            _run(["opusenc", "--bitrate", str(self.kbps), "--quiet", str(wav), str(opus)])
+            _run(["opusdec", "--rate", str(SAMPLE_RATE), "--quiet", str(opus), str(out)])
+            data = opus.read_bytes()
+            decoded, rate = sf.read(out, dtype="float32", always_2d=True)
+        assert rate == SAMPLE_RATE, rate
+        return SystemOutput(decoded.mean(axis=1), len(data), bandwidths=opus_bandwidths(data))
+
+
+# Opus TOC byte: config = toc >> 3 gives the mode and the coded audio bandwidth (RFC 6716, 3.1).
+_OPUS_CONFIGS = (
+    [("SILK", "NB")] * 4 + [("SILK", "MB")] * 4 + [("SILK", "WB")] * 4 + [("Hybrid", "SWB")] * 2
+    + [("Hybrid", "FB")] * 2 + [("CELT", "NB")] * 4 + [("CELT", "WB")] * 4 + [("CELT", "SWB")] * 4
+    + [("CELT", "FB")] * 4
+)
+
+
+def ogg_packets(data: bytes) -> list[bytes]:
+    """The packets of a single-stream Ogg file, in order."""
+    packets, current, pos = [], b"", 0
+    while pos + 27 <= len(data) and data[pos : pos + 4] == b"OggS":
+        segments = data[pos + 26]
+        lacing = data[pos + 27 : pos + 27 + segments]
+        pos += 27 + segments
+        for size in lacing:
+            current += data[pos : pos + size]
+            pos += size
+            if size < 255:
+                packets.append(current)
+                current = b""
+    return packets
+
+
+def opus_bandwidths(data: bytes) -> Counter:
+    """Packets per "MODE BW" (e.g. "SILK WB") in an .opus file, header packets skipped."""
+    counts: Counter = Counter()
+    for packet in ogg_packets(data):
+        if packet and not packet.startswith((b"OpusHead", b"OpusTags")):
+            counts[" ".join(_OPUS_CONFIGS[packet[0] >> 3])] += 1
+    return counts
+
+
+def _resample(audio: np.ndarray, source: int, target: int) -> np.ndarray:
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), source, target).numpy()
+
+
+class Codec2(System):
+    family = "codec2"
+
+    def __init__(self, mode: int):
+        self.mode = mode
+        self.setting = f"mode {mode}"
+        self.nominal_kbps = mode / 1000
+
+    def run(self, audio: np.ndarray) -> SystemOutput:
+        with tempfile.TemporaryDirectory(prefix="eval-codec2-") as tmp:
+            raw, bits, out = Path(tmp, "in.raw"), Path(tmp, "out.c2"), Path(tmp, "out.raw")
+            raw.write_bytes(_to_int16(_resample(audio, SAMPLE_RATE, 8000)).tobytes())
+            _run(["c2enc", str(self.mode), str(raw), str(bits)])
+            _run(["c2dec", str(self.mode), str(bits), str(out)])
+            num_bytes = bits.stat().st_size
+            decoded = np.frombuffer(out.read_bytes(), dtype=np.int16).astype(np.float32) / 32768
+        return SystemOutput(_resample(decoded, 8000, SAMPLE_RATE), num_bytes)
+
+
+def missing_tools() -> dict[str, list[str]]:
+    """Family -> the command-line tools it needs that are not on PATH."""
+    needs = {"opus": ["opusenc", "opusdec"], "codec2": ["c2enc", "c2dec"]}
+    return {family: [t for t in tools if shutil.which(t) is None] for family, tools in needs.items()}
+
+
+def build_systems(
+    codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print
+) -> list[System]:
+    """Our codec at each bitrate (one per distinct number of levels), then the baselines found."""
+    systems: list[System] = []
+    if codec is not None:
+        seen: dict[int, float] = {}
+        for kbps in bitrates:
+            system = OurCodec(codec, kbps)
+            if system.levels in seen:
+                warn(f"warning: {kbps:g} kbps gives the same {system.levels} levels as {seen[system.levels]:g} kbps; skipped")
+                continue
+            seen[system.levels] = kbps
+            systems.append(system)
+    if not baselines:
+        return systems
+    missing = missing_tools()
+    if missing["opus"]:
+        warn(f"warning: {', '.join(missing['opus'])} not found; Opus skipped (apt-get install opus-tools)")
+    else:
+        systems += [Opus(kbps) for kbps in OPUS_KBPS]
+    if missing["codec2"]:
+        warn(f"warning: {', '.join(missing['codec2'])} not found; Codec2 skipped (apt-get install codec2)")
+    else:
+        systems += [Codec2(mode) for mode in CODEC2_MODES]
+    return systems

@@ -1,0 +1,97 @@
+"""Objective quality of a decoded signal against its reference, both mono at 16 kHz.
+
+Codecs delay their output by different amounts (Opus's look-ahead, Codec2's analysis window), and
+PESQ, STOI and SI-SDR are all hurt by a misalignment of a few samples, so every output is first
+shifted by the lag that maximises its cross-correlation with the reference (`align`). Signals are
+1-D float arrays [T] in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.losses import mel_distance
+
+SAMPLE_RATE = 16000
+MAX_LAG_S = 0.1
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), zero-mean signals.
+
+    reference, estimate: [T] of equal length.
+    """
+    reference = reference.astype(np.float64) - reference.mean()
+    estimate = estimate.astype(np.float64) - estimate.mean()
+    scale = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
+    target = scale * reference
+    noise = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
+
+
+def find_lag(reference: np.ndarray, output: np.ndarray, max_lag: int) -> int:
+    """The lag d in [-max_lag, max_lag] maximising sum_t reference[t] * output[t + d].
+
+    d > 0 means the output is late. A silent output has no defined lag; it gets 0.
+    """
+    size = len(reference) + len(output) - 1
+    n = 1 << max(size - 1, 1).bit_length()  # a power of two >= size: fast FFTs, no wrap-around
+    spectrum = np.conj(np.fft.rfft(reference, n)) * np.fft.rfft(output, n)
+    corr = np.fft.irfft(spectrum, n)
+    lags = np.arange(-max_lag, max_lag + 1)
+    lags = lags[(lags > -len(reference)) & (lags < len(output))]
+    values = corr[lags % n]
+    if not np.any(values > 0):
+        return 0
+    return int(lags[np.argmax(values)])
+
+
+def shift(output: np.ndarray, lag: int, length: int) -> np.ndarray:
+    """Undo a lag found by find_lag, then trim or zero-pad to `length` samples."""
+    output = output[lag:] if lag >= 0 else np.concatenate([np.zeros(-lag, output.dtype), output])
+    if len(output) >= length:
+        return output[:length]
+    return np.concatenate([output, np.zeros(length - len(output), output.dtype)])
+
+
+def align(reference: np.ndarray, output: np.ndarray, max_lag_s: float = MAX_LAG_S) -> tuple[np.ndarray, int]:
+    """Output shifted into line with the reference and cut to its length [T], and the lag used."""
+    lag = find_lag(reference, output, int(round(max_lag_s * SAMPLE_RATE)))
+    return shift(output, lag, len(reference)), lag
+
+
+@dataclass(frozen=True)
+class Scores:
+    pesq_wb: float | None  # None: PESQ refused the file (too short, or no speech found)
+    stoi: float
+    si_sdr: float  # dB
+    mel_distance: float  # log10-mel L1, training.losses.mel_distance
+
+
+def pesq_wb(reference: np.ndarray, degraded: np.ndarray) -> float | None:
+    from pesq import PesqError, pesq
+
+    try:
+        return float(pesq(SAMPLE_RATE, reference, degraded, "wb"))
+    except PesqError:
+        return None
+
+
+def score(reference: np.ndarray, degraded: np.ndarray) -> Scores:
+    """All metrics of an aligned output; reference, degraded: [T] float at 16 kHz, equal length."""
+    from pystoi import stoi
+
+    reference = reference.astype(np.float64)
+    degraded = degraded.astype(np.float64)
+    mel = mel_distance(
+        torch.from_numpy(degraded).float()[None, None], torch.from_numpy(reference).float()[None, None], SAMPLE_RATE
+    )
+    return Scores(
+        pesq_wb=pesq_wb(reference, degraded),
+        stoi=float(stoi(reference, degraded, SAMPLE_RATE, extended=False)),
+        si_sdr=si_sdr(reference, degraded),
+        mel_distance=float(mel),
+    )
