@@ -73,9 +73,38 @@ def cmd_encode(args) -> None:
         encoded = codec.encode_source(source, args.bitrate, update)
     finally:
         close()
-    data = codec.to_bytes(encoded)
+    if args.entropy:
+        prior = _load_prior(args, codec)
+        header = codec.header(encoded, coding="entropy")
+        data = bitstream.write_stream(header, payload=prior.entropy_encode(encoded.codes))
+    else:
+        data = codec.to_bytes(encoded)
     with _output(args.output) as out:
         out.write(data)
+
+
+def _load_prior(args, codec):
+    from codec.prior_api import TokenPrior
+
+    prior = TokenPrior.load(args.prior)
+    if prior.codec_model_id and prior.codec_model_id != codec.model_id:
+        raise CodecError(f"the prior models tokens of {prior.codec_model_id}, not of {codec.model_id}")
+    return prior
+
+
+def _read_encoded(args, codec):
+    """An EncodedAudio from a packed or entropy-coded file (the header says which)."""
+    from codec.api import EncodedAudio
+
+    source = _read_input(args.input)
+    data = source if isinstance(source, bytes) else _read_file(source)
+    stream = bitstream.read_stream(data)
+    if stream.header.coding == "packed":
+        return codec.from_bytes(data)
+    header = stream.header
+    codec.check_header(header)
+    codes = _load_prior(args, codec).entropy_decode(stream.payload, header.num_levels, header.num_frames)
+    return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id)
 
 
 def _wav_header(num_samples: int, sample_rate: int) -> bytes:
@@ -91,31 +120,35 @@ def _pcm16(piece) -> bytes:
 
 def cmd_decode(args) -> None:
     codec = _load_codec(args)
-    source = _read_input(args.input)
-    data = source if isinstance(source, bytes) else _read_file(source)
-    encoded = codec.from_bytes(data)
+    encoded = _read_encoded(args, codec)
     update, close = _progress(encoded.codes.shape[-1], not args.quiet)
-    fmt = (args.format or Path(args.output).suffix.lstrip(".") or "wav").lower()
     try:
-        with _output(args.output) as out:
-            pieces = codec.decode_iter(encoded, progress=update)
-            if fmt == "wav":
-                # The length is known up front, so the WAV header can be written first and the
-                # samples streamed after it, to a file or a pipe alike.
-                out.write(_wav_header(encoded.num_samples, codec.sample_rate))
-                for piece in pieces:
-                    out.write(_pcm16(piece))
-            else:
-                import soundfile as sf
-
-                buffer = io.BytesIO() if args.output == "-" else out
-                with sf.SoundFile(buffer, "w", codec.sample_rate, 1, format=fmt.upper(), subtype="PCM_16") as f:
-                    for piece in pieces:
-                        f.write(piece.reshape(-1).clamp(-1, 1).numpy())
-                if buffer is not out:
-                    out.write(buffer.getvalue())
+        _write_audio(args, codec, codec.decode_iter(encoded, progress=update), encoded.num_samples)
     finally:
         close()
+
+
+def _write_audio(args, codec, pieces, num_samples: int) -> None:
+    """Stream waveform pieces [1, L] to args.output as 16-bit WAV or FLAC."""
+    fmt = (getattr(args, "format", None) or Path(args.output).suffix.lstrip(".") or "wav").lower()
+    if fmt not in ("wav", "flac"):
+        raise CodecError(f"unsupported output format {fmt!r}: use .wav or .flac")
+    with _output(args.output) as out:
+        if fmt == "wav":
+            # The length is known up front, so the WAV header can be written first and the
+            # samples streamed after it, to a file or a pipe alike.
+            out.write(_wav_header(num_samples, codec.sample_rate))
+            for piece in pieces:
+                out.write(_pcm16(piece))
+            return
+        import soundfile as sf
+
+        buffer = io.BytesIO() if args.output == "-" else out
+        with sf.SoundFile(buffer, "w", codec.sample_rate, 1, format="FLAC", subtype="PCM_16") as f:
+            for piece in pieces:
+                f.write(piece.reshape(-1).clamp(-1, 1).numpy())
+        if buffer is not out:
+            out.write(buffer.getvalue())
 
 
 def _read_file(path: str) -> bytes:
@@ -141,6 +174,63 @@ def cmd_info(args) -> None:
         print(f"file bitrate: {len(data) * 8 / duration / 1000:.3f} kbps ({len(data)} bytes)")
 
 
+def cmd_sample(args) -> None:
+    from codec.api import EncodedAudio
+
+    codec = _load_codec(args)
+    prior = _load_prior(args, codec)
+    prompt = None
+    levels = codec.num_levels(args.bitrate) if args.bitrate else prior.num_levels
+    if args.prompt:
+        prompt = codec.encode_file(_read_input(args.prompt), args.bitrate).codes
+    try:
+        codes = prior.sample(args.seconds, args.temperature, args.top_k, args.seed, prompt, levels)
+    except ValueError as error:
+        raise CodecError(str(error)) from None
+    encoded = EncodedAudio(codes, codes.shape[-1] * codec.config.hop_length, codec.sample_rate, codec.model_id)
+    _write_audio(args, codec, codec.decode_iter(encoded), encoded.num_samples)
+
+
+def cmd_score(args) -> None:
+    codec = _load_codec(args)
+    prior = _load_prior(args, codec)
+    encoded = codec.encode_file(_read_input(args.input), args.bitrate)
+    bits_per_token = prior.cross_entropy(encoded.codes)
+    packed = codec.config.bitrate(encoded.num_levels)
+    per_second = bits_per_token * encoded.num_levels * codec.config.frame_rate
+    print(f"levels:         {encoded.num_levels} ({packed / 1000:g} kbps packed)")
+    print(f"cross-entropy:  {bits_per_token:.3f} bits/token (packed: {codec.config.bits_per_code})")
+    print(f"prior rate:     {per_second:.0f} bits/s ({100 * (1 - per_second / packed):.1f}% below packed)")
+
+
+def cmd_tokenize(args) -> None:
+    import os
+
+    from codec.tokenize import list_inputs, tokenize, write_index
+
+    codec = _load_codec(args)
+    inputs = list_inputs(args.input, args.split)
+    if not inputs:
+        raise CodecError(f"no audio files in {args.input}")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    results = tokenize(codec, inputs, args.output, args.bitrate, args.shard_size, rank, world, not args.quiet)
+    done = sum(not r.skipped for r in results)
+    failed = sum(len(r.failed) for r in results)
+    print(f"rank {rank}: {done} shards encoded, {len(results) - done} already present, {failed} files unreadable", file=sys.stderr)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        index = write_index(args.output, -(-len(inputs) // args.shard_size))
+        print(f"{index['files']} files, {index['frames']} frames in {len(index['shards'])} shards; "
+              f"{len(index['failed'])} unreadable (listed in index.json)", file=sys.stderr)
+    if world > 1:
+        dist.destroy_process_group()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codec", description="Neural audio codec (VQ-VAE, 16 kHz).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,20 +243,55 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("input", help="audio file (wav, flac, ogg, ...) or - for stdin")
     enc.add_argument("output", help="codec file or - for stdout")
     enc.add_argument("--bitrate", type=float, default=None, help="kbps (0.5 to 6); default: the highest")
+    enc.add_argument("--entropy", action="store_true", help="entropy-code the tokens with the prior")
     common(enc)
+    enc.add_argument("--prior", help="prior checkpoint for --entropy; default: the bundled prior")
 
     dec = sub.add_parser("decode", help="codec file -> audio file")
     dec.add_argument("input", help="codec file or - for stdin")
     dec.add_argument("output", help="audio file (.wav or .flac) or - for stdout (WAV)")
     dec.add_argument("--format", choices=["wav", "flac"], help="output format; default: from the extension")
     common(dec)
+    dec.add_argument("--prior", help="prior checkpoint for entropy-coded files; default: the bundled prior")
+
+    smp = sub.add_parser("sample", help="generate audio from the prior")
+    smp.add_argument("output", help="audio file (.wav or .flac) or - for stdout")
+    smp.add_argument("--seconds", type=float, default=5.0)
+    smp.add_argument("--temperature", type=float, default=1.0)
+    smp.add_argument("--top-k", type=int, default=None)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--prompt", help="audio file to continue")
+    smp.add_argument("--bitrate", type=float, default=None, help="levels to sample, as kbps; default: all")
+    common(smp)
+    smp.add_argument("--prior", help="prior checkpoint; default: the bundled prior")
+
+    score = sub.add_parser("score", help="bits per second of a recording under the prior")
+    score.add_argument("input", help="audio file or - for stdin")
+    score.add_argument("--bitrate", type=float, default=None)
+    common(score)
+    score.add_argument("--prior", help="prior checkpoint; default: the bundled prior")
+
+    tok = sub.add_parser("tokenize", help="encode a corpus into token shards (torchrun for several processes)")
+    tok.add_argument("input", help="folder of audio files or a manifest (JSON lines with 'path')")
+    tok.add_argument("output", help="output folder for shard-*.safetensors and index.json")
+    tok.add_argument("--bitrate", type=float, default=None)
+    tok.add_argument("--split", help="only manifest entries of this split")
+    tok.add_argument("--shard-size", type=int, default=256, help="files per shard")
+    common(tok)
 
     info = sub.add_parser("info", help="describe a codec file")
     info.add_argument("input", help="codec file or - for stdin")
     return parser
 
 
-COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info}
+COMMANDS = {
+    "encode": cmd_encode,
+    "decode": cmd_decode,
+    "info": cmd_info,
+    "sample": cmd_sample,
+    "score": cmd_score,
+    "tokenize": cmd_tokenize,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

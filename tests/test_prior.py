@@ -1,0 +1,144 @@
+"""The token prior: cached generation equals recomputation, sampling is seeded, entropy coding is
+exact and rejects damage, and the bulk tokenizer resumes and parallelises without changing tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codec.errors import CorruptStreamError
+from codec.prior import PriorConfig, TokenPriorModel
+from codec.prior_api import TokenPrior
+from codec.sampling import FrameStepper
+from codec.tokenize import list_inputs, load_tokens, tokenize, write_index
+from conftest import harmonic_signal
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tiny_codec) -> TokenPrior:
+    torch.manual_seed(0)
+    q = tiny_codec.config.quantizer
+    config = PriorConfig(num_levels=q.num_levels, codebook_size=q.codebook_size, dim=32, layers=2, heads=2,
+                         depth_hidden=32, context=6, codec_model_id=tiny_codec.model_id)
+    return TokenPrior(TokenPriorModel(config), "prior:0123456789ab")
+
+
+def test_cached_steps_equal_full_recomputation(tiny_prior):
+    codes = tiny_prior.sample(0.4, seed=3)  # 20 frames: longer than the 6-frame context
+    with torch.no_grad():
+        full = tiny_prior.model(codes)  # [1, K, N, V], teacher forced, windowed attention
+    stepper = FrameStepper(tiny_prior.model, codes.shape[1])
+    for t in range(codes.shape[-1]):
+        h = stepper.begin_frame()
+        chosen = []
+        for level in range(codes.shape[1]):
+            logits = stepper.level_logits(h, level, chosen)
+            assert torch.allclose(logits[0], full[0, level, t], atol=1e-4), (t, level)
+            chosen.append(codes[:, level, t])
+        stepper.end_frame(codes[:, :, t])
+
+
+def test_sampling_is_seeded_and_continues_prompts(tiny_prior):
+    a = tiny_prior.sample(0.3, temperature=0.9, top_k=5, seed=7)
+    b = tiny_prior.sample(0.3, temperature=0.9, top_k=5, seed=7)
+    c = tiny_prior.sample(0.3, temperature=0.9, top_k=5, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    continued = tiny_prior.sample(0.2, seed=1, prompt=a)
+    assert continued.shape[-1] == a.shape[-1] + 10 and torch.equal(continued[..., : a.shape[-1]], a)
+    with pytest.raises(ValueError):
+        tiny_prior.sample(0.0)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), frames=st.integers(0, 30), levels=st.integers(1, 4))
+def test_entropy_coding_round_trip_on_random_streams(tiny_prior, seed, frames, levels):
+    codes = torch.from_numpy(np.random.default_rng(seed).integers(0, 64, (1, levels, frames)))
+    payload = tiny_prior.entropy_encode(codes)
+    assert torch.equal(tiny_prior.entropy_decode(payload, levels, frames), codes)
+
+
+def test_entropy_coding_real_tokens_and_rejects_damage(tiny_codec, tiny_prior):
+    wav, rate = sf.read(Path(__file__).parent / "data" / "arctic_a0009.wav", dtype="float32")
+    codes = tiny_codec.encode(wav, rate).codes
+    payload = tiny_prior.entropy_encode(codes)
+    assert torch.equal(tiny_prior.entropy_decode(payload, codes.shape[1], codes.shape[2]), codes)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        damaged = bytearray(payload)
+        damaged[int(rng.integers(0, len(damaged)))] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(CorruptStreamError):
+            tiny_prior.entropy_decode(bytes(damaged), codes.shape[1], codes.shape[2])
+    with pytest.raises(CorruptStreamError):
+        tiny_prior.entropy_decode(payload[:-3], codes.shape[1], codes.shape[2])
+    other = TokenPrior(tiny_prior.model, "prior:ffffffffffff")
+    with pytest.raises(CorruptStreamError, match="prior"):
+        other.entropy_decode(payload, codes.shape[1], codes.shape[2])
+
+
+def _corpus(tmp_path: Path, count: int = 7) -> Path:
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(count):
+        sf.write(folder / f"clip{i}.wav", harmonic_signal(0.3 + 0.1 * i, 16000, i), 16000)
+    (folder / "broken.wav").write_bytes(b"RIFF not really")
+    return folder
+
+
+def test_tokenizer_resumes_without_duplicates_or_losses(tiny_codec, tmp_path, monkeypatch):
+    folder = _corpus(tmp_path)
+    inputs = list_inputs(folder)
+    out = tmp_path / "tokens"
+    import codec.tokenize as tok
+
+    real_encode = tok.encode_shard
+    calls = []
+
+    def crash_on_third(codec, files, bitrate, index, out_dir, progress=None):
+        calls.append(index)
+        if index == 2:
+            raise KeyboardInterrupt  # the run dies in the middle of shard 2
+        return real_encode(codec, files, bitrate, index, out_dir, progress)
+
+    monkeypatch.setattr(tok, "encode_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(tiny_codec, inputs, out, shard_size=3, progress=False)
+    monkeypatch.setattr(tok, "encode_shard", real_encode)
+    results = tokenize(tiny_codec, inputs, out, shard_size=3, progress=False)
+    assert [r.skipped for r in results] == [True, True, False]
+    index = write_index(out, 3)
+    assert index["files"] == 7 and [f[0] for f in index["failed"]] == [str(folder / "broken.wav")]
+    tokens = load_tokens(out)
+    assert len(tokens) == 8  # every input once, in order; the unreadable one as an empty entry
+    expected = tiny_codec.encode_file(inputs[1]).codes[0]
+    assert torch.equal(tokens[1], expected)
+
+
+@pytest.mark.slow
+def test_two_process_tokenize_matches_one_process(tiny_codec, tmp_path):
+    folder = _corpus(tmp_path, count=6)
+    checkpoint = tmp_path / "tiny.safetensors"
+    tiny_codec.save(checkpoint)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = ["tokenize", str(folder), "--checkpoint", str(checkpoint), "--shard-size", "2", "-q"]
+    one = subprocess.run([sys.executable, "-m", "codec", *base[:2], str(tmp_path / "one"), *base[2:]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "codec", *base[:2], str(tmp_path / "two"), *base[2:]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "rank 1: 2 shards encoded" in two.stderr  # the second process did its share
+    a, b = load_tokens(tmp_path / "one"), load_tokens(tmp_path / "two")
+    assert len(a) == len(b) == 7
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert json.loads((tmp_path / "two" / "index.json").read_text())["files"] == 6
