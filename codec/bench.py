@@ -1,6 +1,6 @@
 """Speed and memory benchmark of the codec on CPU, side by side with EnCodec's 24 kHz architecture.
 
-    python -m codec.bench --threads 2 [--checkpoint PATH] [--hour]
+    python -m codec.bench --threads 2 [--checkpoint PATH] [--hour] [--prior [PATH]]
 
 Prints encode and decode real-time factors (seconds of audio per second of compute) for a 10 s
 clip at batch 1 and batch 16, the same for EnCodec (random weights: only the architecture is
@@ -57,6 +57,23 @@ def bench_encodec(seconds: float, batch: int, repeats: int) -> tuple[float, floa
     return seconds * batch / enc, seconds * batch / dec
 
 
+def bench_prior(prior, seconds: float) -> None:
+    """Sampling, entropy encoding and entropy decoding speed of the prior, as real-time factors."""
+    start = time.perf_counter()
+    codes = prior.sample(seconds, temperature=1.0, top_k=50, seed=0)
+    sample = time.perf_counter() - start
+    start = time.perf_counter()
+    payload = prior.entropy_encode(codes)
+    encode = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = prior.entropy_decode(payload, codes.shape[1], codes.shape[2])
+    decode = time.perf_counter() - start
+    assert torch.equal(decoded, codes)
+    print(f"prior ({sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M params, {codes.shape[1]} levels): "
+          f"sample {seconds / sample:.1f}x, entropy encode {seconds / encode:.1f}x, "
+          f"entropy decode {seconds / decode:.1f}x real time ({seconds:g} s of tokens)")
+
+
 def _peak_rss_child(args: list[str], threads: int) -> tuple[float, float]:
     """Run `python -m codec ARGS` in a fresh process; return (peak RSS in MB, wall seconds)."""
     # VmHWM is the peak RSS of this process image only: ru_maxrss would carry over the parent's
@@ -98,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hour", action="store_true", help="also measure peak memory on a 1-hour file")
+    parser.add_argument("--prior", nargs="?", const="bundled", help="also time the prior (a checkpoint; default: bundled, else random)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -123,6 +141,15 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{'EnCodec 24 kHz arch':<22}{batch:>6}{theirs[0]:>12.1f}{theirs[1]:>12.1f}")
         print(f"{'ratio ours/EnCodec':<22}{batch:>6}{ours[0] / theirs[0]:>12.1f}{ours[1] / theirs[1]:>12.1f}")
+    if args.prior:
+        from codec.prior import PriorConfig, TokenPriorModel
+        from codec.prior_api import BUNDLED_PRIOR, TokenPrior
+
+        if args.prior != "bundled" or BUNDLED_PRIOR.exists():
+            prior = TokenPrior.load(None if args.prior == "bundled" else args.prior)
+        else:
+            prior = TokenPrior(TokenPriorModel(PriorConfig()), "prior:random")
+        bench_prior(prior, args.seconds)
     if args.hour:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = args.checkpoint

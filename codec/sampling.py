@@ -53,6 +53,9 @@ class FrameStepper:
         self.batch = batch
         self.cache = KVCache(model.config.context)
         self.previous_frame: torch.Tensor | None = None
+        # Running sum of the depth embeddings of this frame's chosen levels, and how many it holds.
+        self._depth_sum: torch.Tensor | None = None
+        self._depth_count = 0
 
     @torch.inference_mode()
     def begin_frame(self) -> torch.Tensor:
@@ -61,16 +64,21 @@ class FrameStepper:
         x = x.expand(self.batch, -1)[:, None]
         h, new = self.model.temporal(x, self.cache.length, self.cache.past())
         self.cache.append(new)
+        self._depth_sum, self._depth_count = None, 0
         return h[:, 0]
 
     @torch.inference_mode()
     def level_logits(self, h: torch.Tensor, level: int, chosen: list[torch.Tensor]) -> torch.Tensor:
         """Logits [B, V] of `level` given the codes [B] already chosen for levels < level."""
-        previous = None
-        for k, code in enumerate(chosen):
-            e = self.model.depth_embed[k](code)
-            previous = e if previous is None else previous + e
-        return self.model.level_logits(h, level, previous).float()
+        if len(chosen) != level:
+            raise ValueError(f"level {level} needs the codes of {level} lower levels, got {len(chosen)}")
+        if self._depth_count > level:  # a level asked again: recompute the sum from scratch
+            self._depth_sum, self._depth_count = None, 0
+        for k in range(self._depth_count, level):
+            e = self.model.depth_embed[k](chosen[k])
+            self._depth_sum = e if self._depth_sum is None else self._depth_sum + e
+        self._depth_count = level
+        return self.model.level_logits(h, level, self._depth_sum).float()
 
     def end_frame(self, frame: torch.Tensor) -> None:
         """Record the finished frame [B, K'] as input for the next one."""

@@ -30,13 +30,14 @@ from codec import Codec
 SAMPLE_RATE = 16000
 OPUS_KBPS = (6, 8, 12)
 CODEC2_MODES = (3200, 1600)
+CODEC2_HEADER_BYTES = 7  # magic, version and mode, written because the file name ends in .c2
 
 
 @dataclass
 class SystemOutput:
     audio: np.ndarray  # [T'] float32 at 16 kHz, not yet aligned with the input
     num_bytes: int  # size of the file this system would store or send
-    payload_bps: float | None = None  # ours: bits/s of the packed codes alone, without the header
+    payload_bps: float  # bits/s of the coded frames alone: no file header, no Ogg pages
     # Opus: packets per (mode, coded bandwidth), read from each packet's TOC byte.
     bandwidths: Counter = field(default_factory=Counter)
 
@@ -68,7 +69,7 @@ class OurCodec(System):
         encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps)
         data = self.codec.to_bytes(encoded)
         decoded = self.codec.decode(encoded)[0, 0].numpy()
-        return SystemOutput(decoded, len(data), payload_bps=self.codec.config.bitrate(encoded.num_levels))
+        return SystemOutput(decoded, len(data), self.codec.config.bitrate(encoded.num_levels))
 
 
 def _run(command: list[str]) -> None:
@@ -98,7 +99,9 @@ class Opus(System):
             data = opus.read_bytes()
             decoded, rate = sf.read(out, dtype="float32", always_2d=True)
         assert rate == SAMPLE_RATE, rate
-        return SystemOutput(decoded.mean(axis=1), len(data), bandwidths=opus_bandwidths(data))
+        packets = opus_audio_packets(data)
+        payload_bps = sum(map(len, packets)) * 8 * SAMPLE_RATE / len(audio)
+        return SystemOutput(decoded.mean(axis=1), len(data), payload_bps, opus_bandwidths(packets))
 
 
 # Opus TOC byte: config = toc >> 3 gives the mode and the coded audio bandwidth (RFC 6716, 3.1).
@@ -125,13 +128,14 @@ def ogg_packets(data: bytes) -> list[bytes]:
     return packets
 
 
-def opus_bandwidths(data: bytes) -> Counter:
-    """Packets per "MODE BW" (e.g. "SILK WB") in an .opus file, header packets skipped."""
-    counts: Counter = Counter()
-    for packet in ogg_packets(data):
-        if packet and not packet.startswith((b"OpusHead", b"OpusTags")):
-            counts[" ".join(_OPUS_CONFIGS[packet[0] >> 3])] += 1
-    return counts
+def opus_audio_packets(data: bytes) -> list[bytes]:
+    """The audio packets of an .opus file: its OpusHead and OpusTags packets left out."""
+    return [p for p in ogg_packets(data) if p and not p.startswith((b"OpusHead", b"OpusTags"))]
+
+
+def opus_bandwidths(packets: list[bytes]) -> Counter:
+    """Packets per "MODE BW", e.g. "SILK WB", from each packet's TOC byte."""
+    return Counter(" ".join(_OPUS_CONFIGS[packet[0] >> 3]) for packet in packets)
 
 
 def _resample(audio: np.ndarray, source: int, target: int) -> np.ndarray:
@@ -154,7 +158,8 @@ class Codec2(System):
             _run(["c2dec", str(self.mode), str(bits), str(out)])
             num_bytes = bits.stat().st_size
             decoded = np.frombuffer(out.read_bytes(), dtype=np.int16).astype(np.float32) / 32768
-        return SystemOutput(_resample(decoded, 8000, SAMPLE_RATE), num_bytes)
+        payload_bps = (num_bytes - CODEC2_HEADER_BYTES) * 8 * SAMPLE_RATE / len(audio)
+        return SystemOutput(_resample(decoded, 8000, SAMPLE_RATE), num_bytes, payload_bps)
 
 
 def missing_tools() -> dict[str, list[str]]:

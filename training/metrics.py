@@ -8,6 +8,7 @@ shifted by the lag that maximises its cross-correlation with the reference (`ali
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,24 +67,33 @@ def align(reference: np.ndarray, output: np.ndarray, max_lag_s: float = MAX_LAG_
 @dataclass(frozen=True)
 class Scores:
     pesq_wb: float | None  # None: PESQ refused the file (too short, or no speech found)
-    stoi: float
+    stoi: float | None  # None: under ~0.4 s of non-silent audio, too little for STOI
     si_sdr: float  # dB
     mel_distance: float  # log10-mel L1, training.losses.mel_distance
 
 
 def pesq_wb(reference: np.ndarray, degraded: np.ndarray) -> float | None:
-    from pesq import PesqError, pesq
+    from pesq import PesqError
+    from pesq import pesq as pesq_score
 
     try:
-        return float(pesq(SAMPLE_RATE, reference, degraded, "wb"))
+        return float(pesq_score(SAMPLE_RATE, reference, degraded, "wb"))
     except PesqError:
         return None
 
 
+def stoi(reference: np.ndarray, degraded: np.ndarray) -> float | None:
+    from pystoi import stoi as pystoi_stoi
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(pystoi_stoi(reference, degraded, SAMPLE_RATE, extended=False))
+    # pystoi warns and returns 1e-5 instead of raising when too few frames remain.
+    return None if any("Not enough STFT frames" in str(w.message) for w in caught) else value
+
+
 def score(reference: np.ndarray, degraded: np.ndarray) -> Scores:
     """All metrics of an aligned output; reference, degraded: [T] float at 16 kHz, equal length."""
-    from pystoi import stoi
-
     reference = reference.astype(np.float64)
     degraded = degraded.astype(np.float64)
     mel = mel_distance(
@@ -91,7 +101,7 @@ def score(reference: np.ndarray, degraded: np.ndarray) -> Scores:
     )
     return Scores(
         pesq_wb=pesq_wb(reference, degraded),
-        stoi=float(stoi(reference, degraded, SAMPLE_RATE, extended=False)),
+        stoi=stoi(reference, degraded),
         si_sdr=si_sdr(reference, degraded),
         mel_distance=float(mel),
     )

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import torchaudio.functional as AF  # noqa: E402
 
 SAMPLE_RATE = 16000
+SPECTROGRAM_SECONDS = 4.0  # the start of each example clip that is drawn
 # (summary field, axis label, higher is better)
 METRICS = (
     ("pesq_wb", "PESQ-WB", True),
@@ -37,12 +38,14 @@ def rate_distortion(rows: list[dict], path: Path, title: str = "") -> None:
     families = list(dict.fromkeys(row["family"] for row in rows))
     for ax, (key, label, higher) in zip(axes, METRICS):
         for family in families:
-            points = sorted((r["kbps"], r[key]) for r in rows if r["family"] == family and r[key] is not None)
+            points = sorted((r["kbps"], r[key], r["setting"]) for r in rows if r["family"] == family and r[key] is not None)
             if not points:
                 continue
             color, marker = FAMILY_STYLE.get(family, ("tab:gray", "x"))
-            xs, ys = zip(*points)
+            xs, ys, _ = zip(*points)
             ax.plot(xs, ys, color=color, marker=marker, label=family)
+            for x, y, setting in points:
+                ax.annotate(setting, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=color)
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 4, 8, 16])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -72,7 +75,8 @@ def log_mel_db(audio: np.ndarray, n_fft: int = 1024, hop: int = 160, n_mels: int
     return (10 * torch.log10(mel.clamp(min=1e-10))).numpy()
 
 
-def spectrograms(examples: list[Example], path: Path, max_seconds: float = 4.0, range_db: float = 80.0) -> None:
+def spectrograms(examples: list[Example], path: Path, max_seconds: float = SPECTROGRAM_SECONDS,
+                 range_db: float = 80.0) -> None:
     """A grid, one row per clip and one column per system; each row shares the reference's scale."""
     columns = max(len(e.panels) for e in examples)
     fig, axes = plt.subplots(len(examples), columns, figsize=(3.4 * columns, 2.8 * len(examples)), squeeze=False)
@@ -80,13 +84,13 @@ def spectrograms(examples: list[Example], path: Path, max_seconds: float = 4.0, 
     for row, example in zip(axes, examples):
         images = [(title, log_mel_db(audio[:limit])) for title, audio in example.panels]
         top = images[0][1].max()
-        for ax, (title, image) in zip(row, images):
+        for column, (ax, (title, image)) in enumerate(zip(row, images)):
             seconds = image.shape[1] * 160 / SAMPLE_RATE
             shown = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", vmin=top - range_db, vmax=top,
                               extent=(0, seconds, 0, image.shape[0]))
-            ax.set_title(title, fontsize=9)
+            ax.set_title(f"{Path(example.name).name}\n{title}" if column == 0 else title, fontsize=9)
             ax.set_xlabel("s")
-        row[0].set_ylabel(f"{example.name}\nmel bin", fontsize=8)
+        row[0].set_ylabel("mel bin")
         for ax in row[len(images):]:
             ax.axis("off")
         fig.colorbar(shown, ax=row[len(images) - 1], label="dB")

@@ -46,6 +46,7 @@ class TrainConfig:
     manifest: str = "data/corpus/manifest.jsonl"
     run_dir: str = "runs/codec"
     model: str = "default"  # "default" or "tiny"
+    init_from: str = ""  # start a new run from these inference weights (e.g. the bundled model)
     steps: int = 200_000  # stop after this many optimizer steps in all
     max_minutes: float = 0.0  # stop this invocation after so many minutes (0: no limit)
     batch_size: int = 16  # per process
@@ -178,10 +179,14 @@ def train(config: TrainConfig) -> None:
             raise SystemExit(f"{state_path} is from step {rank_info['step']}, the run state from step {step}")
         if rank == 0:
             print(f"resumed from {state_path} at step {step}", file=sys.stderr)
-    elif rank == 0:
-        (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
-        print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
-              f"{ {k: round(v / model_config.sample_rate / 60, 1) for k, v in sampler.seconds.items()} } minutes", file=sys.stderr)
+    else:
+        if config.init_from:
+            warm = Codec.load(config.init_from).model.state_dict()
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm.items()})
+        if rank == 0:
+            (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
+            print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+                  f"{ {k: round(v / model_config.sample_rate / 60, 1) for k, v in sampler.seconds.items()} } minutes", file=sys.stderr)
 
     def save_state() -> None:
         info = {"step": step, "best": best, "elapsed": elapsed + time.time() - started}

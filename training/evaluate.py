@@ -1,0 +1,320 @@
+"""Compare our codec with Opus and Codec2 on real audio: bitrate charged vs objective quality.
+
+    python -m training.evaluate --manifest data/corpus/manifest.jsonl --split val --kind speech \\
+        --checkpoint runs/codec/best.safetensors [--bitrates 1,1.5,3,6] [--max-minutes 20] [--jobs 2]
+    python -m training.evaluate --folder my_clips/ --out docs/eval
+
+Every system is charged the size of the file it writes (ours: the codec.bitstream file, header
+included; Opus: the Ogg file; Codec2: the .c2 file). Each output is aligned with its input
+(training.metrics.align) and scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
+Writes per_file.csv, summary.csv, rate_distortion.png and spectrograms.png to --out and prints
+the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from tqdm import tqdm
+
+from codec import Codec
+from training import plots
+from training.baselines import SAMPLE_RATE, System, build_systems
+from training.data import read_manifest
+from training.metrics import align, score
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+MIN_SECONDS = 0.1  # the log-mel distance needs more than one 1024-point frame
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    path: str
+    name: str  # shown in tables and figures
+    seconds: float
+
+
+@dataclass
+class Row:
+    """One file through one system."""
+
+    file: str
+    seconds: float
+    family: str
+    setting: str
+    bytes: int
+    kbps: float  # charged: bytes * 8 / seconds
+    payload_kbps: float  # the coded frames alone, without file header or container
+    lag_ms: float  # delay removed before scoring; > 0: the output was late
+    pesq_wb: float | None
+    stoi: float | None
+    si_sdr: float
+    mel_distance: float
+    bandwidth: str  # Opus: packets per mode and coded bandwidth
+    codec_s: float  # encode + decode time
+    score_s: float
+
+
+@dataclass
+class FileResult:
+    rows: list[Row]
+    bandwidths: dict[str, Counter]  # system name -> Opus packets per mode and bandwidth
+
+
+def list_files(args: argparse.Namespace) -> list[AudioFile]:
+    if args.manifest:
+        clips = read_manifest(args.manifest, args.split, tuple(args.kind) if args.kind else None)
+        root = Path(args.manifest).parent
+        files = [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in clips]
+    else:
+        folder = Path(args.folder)
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = [AudioFile(str(p), str(p.relative_to(folder)), sf.info(str(p)).duration) for p in paths]
+    random.Random(args.seed).shuffle(files)
+    chosen, total = [], 0.0
+    for file in files:
+        if args.max_files and len(chosen) >= args.max_files:
+            break
+        if args.max_minutes and total >= args.max_minutes * 60:
+            break
+        if file.seconds < MIN_SECONDS:
+            print(f"warning: {file.name} is shorter than {MIN_SECONDS} s; skipped", file=sys.stderr)
+            continue
+        chosen.append(file)
+        total += file.seconds
+    return chosen
+
+
+def load_audio(path: str) -> np.ndarray:
+    """Any soundfile-readable file -> mono float32 [T] at 16 kHz."""
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        audio = AF.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def bandwidth_note(counts: Counter) -> str:
+    total = sum(counts.values())
+    return ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in counts.most_common()) if total else ""
+
+
+def evaluate_file(systems: list[System], file: AudioFile, max_lag_s: float) -> FileResult:
+    reference = load_audio(file.path)
+    seconds = len(reference) / SAMPLE_RATE
+    rows, bandwidths = [], {}
+    for system in systems:
+        start = time.perf_counter()
+        output = system.run(reference)
+        middle = time.perf_counter()
+        aligned, lag = align(reference, output.audio, max_lag_s)
+        scores = score(reference, aligned)
+        kbps = output.num_bytes * 8 / seconds / 1000
+        rows.append(Row(
+            file.name, seconds, system.family, system.setting, output.num_bytes, kbps,
+            output.payload_bps / 1000, 1000 * lag / SAMPLE_RATE,
+            scores.pesq_wb, scores.stoi, scores.si_sdr, scores.mel_distance, bandwidth_note(output.bandwidths),
+            middle - start, time.perf_counter() - middle,
+        ))
+        bandwidths[system.name] = output.bandwidths
+    return FileResult(rows, bandwidths)
+
+
+# Worker processes build their own systems once (a model per process), then take files.
+_worker_systems: list[System] = []
+
+
+def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool, use_codec: bool,
+                 threads: int) -> None:
+    global _worker_systems
+    torch.set_num_threads(threads)
+    codec = Codec.load(checkpoint) if use_codec else None
+    _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None)
+
+
+def _evaluate_in_worker(file: AudioFile, max_lag_s: float) -> FileResult:
+    return evaluate_file(_worker_systems, file, max_lag_s)
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(results: list[FileResult]) -> list[dict]:
+    """One row per system, in the order systems first appear."""
+    rows = [row for result in results for row in result.rows]
+    summary = []
+    for family, setting in dict.fromkeys((r.family, r.setting) for r in rows):
+        group = [r for r in rows if (r.family, r.setting) == (family, setting)]
+        seconds = sum(r.seconds for r in group)
+        bandwidths = sum((result.bandwidths.get(f"{family} {setting}", Counter()) for result in results), Counter())
+        summary.append({
+            "family": family, "setting": setting, "files": len(group), "minutes": seconds / 60,
+            "kbps": sum(r.bytes for r in group) * 8 / seconds / 1000,
+            "payload_kbps": sum(r.payload_kbps * r.seconds for r in group) / seconds,
+            "pesq_wb": _mean([r.pesq_wb for r in group]),
+            "pesq_skipped": sum(r.pesq_wb is None for r in group),
+            "stoi": _mean([r.stoi for r in group]),
+            "stoi_skipped": sum(r.stoi is None for r in group),
+            "si_sdr": _mean([r.si_sdr for r in group]),
+            "mel_distance": _mean([r.mel_distance for r in group]),
+            "median_lag_ms": statistics.median(r.lag_ms for r in group),
+            "bandwidth": bandwidth_note(bandwidths),
+            "codec_s": sum(r.codec_s for r in group), "score_s": sum(r.score_s for r in group),
+        })
+    return summary
+
+
+def format_table(summary: list[dict]) -> str:
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = f"{'codec':<7} {'setting':<10} {'kbps':>6} {'payload':>7} {'PESQ-WB':>7} {'STOI':>6} " \
+             f"{'SI-SDR':>7} {'mel':>6} {'lag ms':>7}  note"
+    lines = [header, "-" * len(header)]
+    for s in summary:
+        notes = [s["bandwidth"]] if s["bandwidth"] else []
+        if s["pesq_skipped"]:
+            notes.append(f"PESQ skipped on {s['pesq_skipped']} file(s)")
+        if s["stoi_skipped"]:
+            notes.append(f"STOI skipped on {s['stoi_skipped']} file(s)")
+        lines.append(
+            f"{s['family']:<7} {s['setting']:<10} {s['kbps']:>6.2f} {num(s['payload_kbps'], '7.2f'):>7} "
+            f"{num(s['pesq_wb'], '7.3f'):>7} {num(s['stoi'], '6.3f'):>6} {num(s['si_sdr'], '7.2f'):>7} "
+            f"{num(s['mel_distance'], '6.3f'):>6} {s['median_lag_ms']:>7.2f}  {'; '.join(notes)}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in records)
+
+
+def closest(systems: list[System], family: str, kbps: float) -> System | None:
+    candidates = [s for s in systems if s.family == family]
+    return min(candidates, key=lambda s: abs(s.nominal_kbps - kbps)) if candidates else None
+
+
+def active_seconds(audio: np.ndarray, seconds: float = plots.SPECTROGRAM_SECONDS) -> float:
+    """Seconds of 20 ms frames within 30 dB of the loudest, in the part a spectrogram shows."""
+    frames = audio[: int(seconds * SAMPLE_RATE)]
+    frames = frames[: len(frames) // 320 * 320].reshape(-1, 320)
+    energy = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    return float(np.sum(energy > energy.max() - 30)) * 0.02 if len(energy) else 0.0
+
+
+def render_examples(systems: list[System], files: list[AudioFile], count: int, max_lag_s: float) -> list[plots.Example]:
+    """The `count` busiest of the first 50 clips through ours at ~1.5 and ~3 kbps, Opus 6 kbps and
+    Codec2 3200 (those that ran), aligned as they were for scoring."""
+    busiest = sorted(files[:50], key=lambda f: -active_seconds(load_audio(f.path)))[:count]
+    wanted = [closest(systems, "ours", 1.5), closest(systems, "ours", 3.0), closest(systems, "opus", 6),
+              closest(systems, "codec2", 3.2)]
+    examples = []
+    for file in busiest:
+        reference = load_audio(file.path)
+        panels = [("reference", reference)]
+        for system in dict.fromkeys(s for s in wanted if s is not None):
+            output = system.run(reference)
+            kbps = output.num_bytes * 8 / (len(reference) / SAMPLE_RATE) / 1000
+            panels.append((f"{system.name}\n{kbps:.2f} kbps charged", align(reference, output.audio, max_lag_s)[0]))
+        examples.append(plots.Example(file.name, panels))
+    return examples
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    max_lag_s = args.max_lag_ms / 1000
+    codec = None if args.no_codec else Codec.load(args.checkpoint)
+    systems = build_systems(codec, args.bitrates, not args.no_baselines)
+    if not systems:
+        raise SystemExit("nothing to evaluate: no codec and no baselines")
+    files = list_files(args)
+    if not files:
+        raise SystemExit("no audio files found")
+    print(f"{len(files)} files, {sum(f.seconds for f in files) / 60:.2f} minutes, "
+          f"{len(systems)} systems: {', '.join(s.name for s in systems)}")
+
+    if args.jobs > 1:
+        pool = ProcessPoolExecutor(
+            args.jobs, multiprocessing.get_context("spawn"), _init_worker,
+            (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads),
+        )
+        futures = [pool.submit(_evaluate_in_worker, f, max_lag_s) for f in files]
+        results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
+        pool.shutdown()
+    else:
+        results = [evaluate_file(systems, f, max_lag_s) for f in tqdm(files, desc="files", unit="file")]
+
+    rows = [row for result in results for row in result.rows]
+    summary = summarize(results)
+    write_csv(out / "per_file.csv", [asdict(r) for r in rows])
+    write_csv(out / "summary.csv", summary)
+    minutes = sum(f.seconds for f in files) / 60
+    plots.rate_distortion(summary, out / "rate_distortion.png", f"{len(files)} files, {minutes:.1f} min")
+    plots.spectrograms(render_examples(systems, files, args.examples, max_lag_s), out / "spectrograms.png")
+
+    print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
+          "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
+          "header, all included); payload = the coded frames alone; lag = median delay removed")
+    print(format_table(summary))
+    elapsed = time.perf_counter() - start
+    print(f"\ncodec time {sum(s['codec_s'] for s in summary):.1f} s, scoring time "
+          f"{sum(s['score_s'] for s in summary):.1f} s (summed over jobs), wall {elapsed:.1f} s "
+          f"with {args.jobs} job(s)")
+    print(f"wrote {', '.join(str(out / n) for n in ('per_file.csv', 'summary.csv', 'rate_distortion.png', 'spectrograms.png'))}")
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", help="evaluate every audio file under this folder")
+    source.add_argument("--manifest", help="a corpus manifest (training.corpus)")
+    parser.add_argument("--split", default="val", help="manifest split")
+    parser.add_argument("--kind", action="append", help="manifest kind (speech, tts, music); repeatable")
+    parser.add_argument("--checkpoint", help="codec checkpoint; default: the bundled model")
+    parser.add_argument("--bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 1.5, 3.0, 6.0],
+                        help="our codec's bitrates in kbps, comma-separated")
+    parser.add_argument("--no-baselines", action="store_true", help="skip Opus and Codec2")
+    parser.add_argument("--no-codec", action="store_true", help="baselines only")
+    parser.add_argument("--max-files", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0, help="order in which files are taken")
+    parser.add_argument("--max-lag-ms", type=float, default=100.0,
+                        help="delay compensation searches lags up to this; 0 scores outputs as they are")
+    parser.add_argument("--examples", type=int, default=2, help="clips shown in spectrograms.png")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process; more than one is slower when the cores are busy")
+    parser.add_argument("--out", default="docs/eval")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

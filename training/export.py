@@ -1,0 +1,116 @@
+"""Ship a trained model: copy a run's checkpoint into codec/assets in half precision and write the
+model card next to it from the run's own records (config, step, wall time, corpus manifest,
+evaluation summary), so that the card says what the weights really are.
+
+    python -m training.export --run runs/codec --manifest data/corpus/manifest.jsonl \
+        [--eval docs/eval/summary.csv] [--prior-run runs/prior]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from safetensors import safe_open
+
+from codec.api import BUNDLED_CHECKPOINT, Codec
+from codec.prior_api import BUNDLED_PRIOR, TokenPrior
+
+ASSETS = BUNDLED_CHECKPOINT.parent
+
+
+def run_info(run: Path) -> dict:
+    with safe_open(str(run / "state.safetensors"), framework="pt") as handle:
+        return json.loads(handle.metadata()["training_state"])["info"]
+
+
+def last_validation(run: Path) -> dict | None:
+    result = None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "val" in record:
+            result = record
+    return result
+
+
+def data_table(manifest: Path) -> list[str]:
+    minutes: dict[tuple, float] = defaultdict(float)
+    for line in manifest.read_text().splitlines():
+        entry = json.loads(line)
+        minutes[(entry["source_package"], entry["kind"], entry["license"], entry["split"])] += entry["duration"] / 60
+    rows = ["| source package | kind | license | train min | val min |", "|---|---|---|---|---|"]
+    for package, kind, license_ in sorted({k[:3] for k in minutes}):
+        train, val = minutes.get((package, kind, license_, "train"), 0), minutes.get((package, kind, license_, "val"), 0)
+        rows.append(f"| {package} | {kind} | {license_} | {train:.1f} | {val:.1f} |")
+    return rows
+
+
+def eval_table(path: Path) -> list[str]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return []
+    columns = list(rows[0])
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(row[c] for c in columns) + " |" for row in rows
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--checkpoint", default="best.safetensors", help="file in the run to ship")
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--eval", type=Path, help="summary CSV from training.evaluate")
+    parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
+    args = parser.parse_args(argv)
+
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    source = args.run / args.checkpoint
+    Codec.load(source).save(BUNDLED_CHECKPOINT, half=True)
+    codec = Codec.load(BUNDLED_CHECKPOINT)
+    info, val = run_info(args.run), last_validation(args.run)
+    config = codec.config
+    params = sum(p.numel() for p in codec.model.parameters())
+    train_config = json.loads((args.run / "config.json").read_text())["train"]
+    lines = [
+        f"# Model card: {codec.model_id}",
+        "",
+        "A VQ-VAE speech and audio codec: STFT-fed convolutional encoder, 12-level residual vector",
+        "quantizer (1024 entries a level, EMA codebooks), WaveNet decoder with an inverse-STFT head.",
+        "",
+        f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
+        f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
+        f"bitrates {', '.join(f'{b:g}' for b in codec.bitrates())} kbps (1 to {config.quantizer.num_levels} levels)",
+        f"- trained {info['step']} steps of batch {train_config['batch_size']} x {train_config['segment_seconds']} s crops, "
+        f"{info['elapsed'] / 3600:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
+        f"- losses: {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if k not in ('adv', 'feat') or train_config['adversarial'])}"
+        f"; adversarial training {'on' if train_config['adversarial'] else 'off'}",
+        "",
+        "## Training data",
+        "",
+        *data_table(args.manifest),
+        "",
+        "Validation is held out by speaker group (locale, language, voice pack) or whole package.",
+        "",
+    ]
+    if val:
+        lines += ["## Last validation during training", "", f"step {val['step']}: `{json.dumps(val['val'])}`", ""]
+    if args.eval:
+        lines += ["## Evaluation (held-out speech)", "", *eval_table(args.eval), ""]
+    if args.prior_run:
+        TokenPrior.load(args.prior_run / "best.safetensors").save(BUNDLED_PRIOR, half=False)
+        prior = TokenPrior.load(BUNDLED_PRIOR)
+        prior_val = last_validation(args.prior_run)
+        lines += ["## Token prior", "", f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
+                  f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
+                  f"- trained {run_info(args.prior_run)['step']} steps; last validation: `{json.dumps(prior_val['val']) if prior_val else 'none'}`", ""]
+    (ASSETS / "MODEL_CARD.md").write_text("\n".join(lines))
+    print(f"wrote {BUNDLED_CHECKPOINT} ({codec.model_id}) and {ASSETS / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
