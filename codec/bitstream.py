@@ -1,31 +1,43 @@
-"""The on-disk format of encoded audio: a small self-describing header, then the codes.
+"""The on-disk format of encoded audio: a small self-describing binary header, then the codes.
 
-Layout, all integers little-endian (format version 1):
+Layout of format version 1, in file order. A "varint" is an unsigned LEB128 integer (7 bits per
+byte, least significant group first, the high bit set on every byte but the last) written in its
+shortest form.
 
-    offset        size  field
-    0             4     magic b"VQAC"
-    4             1     format version, uint8 (1)
-    5             2     header length H, uint16
-    7             H     header: `StreamHeader` as compact JSON (sorted keys, no spaces), ASCII
-    7 + H         4     payload length P, uint32
-    11 + H        4     CRC32 of header + payload, uint32
-    15 + H        P     payload
+    size    field
+    4       magic b"VQAC"
+    1       format version, uint8 (1)
+    1       coding, uint8: 0 "packed", 1 "entropy"
+    1       model_id length L, uint8 (1 to 64)
+    L       model_id, printable ASCII (0x20 to 0x7E)
+    1..3    sample_rate, varint (1 to 1_000_000)
+    1..3    hop_length, varint (1 to sample_rate)
+    1       num_levels K, varint (1 to 32)
+    1..3    codebook_size, varint (2 to 65536), stored exactly rather than as a bit width
+    1..6    num_samples, varint (0 to 2**40)
+    1..5    payload length P, varint (0 to 2**32 - 1)
+    4       CRC32 of every byte before this field followed by the payload, uint32 little-endian
+    P       payload
+
+num_frames N is not stored: it is ceil(num_samples / hop_length). Varints keep short clips cheap:
+with the 24-character model id "vqcodec-16k:49b2ceea780d" at 16 kHz, hop 320 and 1024 codes, a
+clip of under 16384 samples (~1 s) with a payload under 16 KiB costs 46 bytes on top of the
+payload, 0.37 kbps at 1 s; longer clips add a byte per 7 bits of num_samples or payload length.
 
 For coding "packed" the payload holds the codes [K, N] in frame-major order (the K levels of
 frame 0, then of frame 1, ...), each written MSB-first in `bits_per_code` bits, the last byte
-padded with zero bits; so the file is the true code bitrate plus about 150 bytes. For coding
-"entropy" the payload is opaque bytes produced by the entropy coder.
+padded with zero bits. For coding "entropy" the payload is opaque bytes from the entropy coder.
 
 The reader accepts exactly what the writer produces: anything else (a truncated file, a changed
-byte, trailing data, a header that is not canonical JSON) raises `CorruptStreamError`, never
-another exception type. The CRC covers the header and the payload, so any single changed byte
-there is caught; the fixed fields are checked by structure.
+byte, trailing data, a varint that is not in its shortest form, a value out of range) raises
+`CorruptStreamError`, never another exception type, so every header has exactly one byte form.
+Every length is checked against the bytes actually present before it is used, so no value read
+from a file makes the reader allocate more than the file's size. The CRC covers every byte but its
+own, so a single changed byte that still parses is caught.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import operator
 import struct
 import zlib
@@ -37,32 +49,40 @@ from codec.errors import CorruptStreamError, UnsupportedVersionError
 
 MAGIC = b"VQAC"
 FORMAT_VERSION = 1
-CODINGS = ("packed", "entropy")
+CODINGS = ("packed", "entropy")  # the index is the coding byte
 
 # Bounds that reject absurd headers before anyone allocates memory for them.
-MAX_MODEL_ID_LENGTH = 256
+MAX_MODEL_ID_LENGTH = 64
 MAX_SAMPLE_RATE = 1_000_000
 MAX_NUM_LEVELS = 32
 MAX_CODEBOOK_SIZE = 65536
 MAX_NUM_SAMPLES = 2**40
 MAX_PAYLOAD_BYTES = 2**32 - 1
 
-_PREAMBLE = struct.Struct("<4sBH")  # magic, version, header length
-_PAYLOAD_INFO = struct.Struct("<II")  # payload length, CRC32
+_PREAMBLE_SIZE = len(MAGIC) + 1  # magic, version: all a reader of another version may rely on
+_CRC = struct.Struct("<I")
 _INT_FIELDS = ("sample_rate", "hop_length", "num_levels", "codebook_size", "num_samples", "num_frames")
+# The varint fields in file order, with the largest value the reader accepts for each.
+_VARINT_FIELDS = (
+    ("sample_rate", MAX_SAMPLE_RATE),
+    ("hop_length", MAX_SAMPLE_RATE),
+    ("num_levels", MAX_NUM_LEVELS),
+    ("codebook_size", MAX_CODEBOOK_SIZE),
+    ("num_samples", MAX_NUM_SAMPLES),
+)
 
 
 @dataclass(frozen=True)
 class StreamHeader:
-    """Everything needed to decode a stream, stored as JSON at the start of the file."""
+    """Everything needed to decode a stream, stored in binary at the start of the file."""
 
-    model_id: str  # name and weights hash of the model that wrote the codes
+    model_id: str  # name and weights hash of the model that wrote the codes, printable ASCII
     sample_rate: int
     hop_length: int  # samples per frame
     num_levels: int  # K, codebooks (levels) per frame
     codebook_size: int
     num_samples: int  # original length at sample_rate, to trim the decoded audio
-    num_frames: int  # N, always ceil(num_samples / hop_length)
+    num_frames: int  # N, always ceil(num_samples / hop_length); not stored in the file
     coding: str = "packed"  # "packed" (fixed-width codes) or "entropy" (opaque payload)
 
     def __post_init__(self) -> None:
@@ -72,13 +92,15 @@ class StreamHeader:
             raise TypeError(f"coding must be a str, got {type(self.coding).__name__}")
         for name in _INT_FIELDS:
             value = getattr(self, name)
-            # Accept numpy integers but not bools or floats, and store plain ints for JSON.
+            # Accept numpy integers but not bools or floats, and store plain ints.
             if isinstance(value, (bool, np.bool_)) or not hasattr(type(value), "__index__"):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             object.__setattr__(self, name, operator.index(value))
 
         if not 1 <= len(self.model_id) <= MAX_MODEL_ID_LENGTH:
             raise ValueError(f"model_id must have 1 to {MAX_MODEL_ID_LENGTH} characters, got {len(self.model_id)}")
+        if not (self.model_id.isascii() and self.model_id.isprintable()):
+            raise ValueError(f"model_id must be printable ASCII, got {self.model_id!r}")
         if self.coding not in CODINGS:
             raise ValueError(f"coding must be one of {CODINGS}, got {self.coding!r}")
         _check_range("sample_rate", self.sample_rate, 1, MAX_SAMPLE_RATE)
@@ -180,9 +202,67 @@ def unpack_codes(data: bytes, num_levels: int, num_frames: int, bits: int) -> np
     return np.ascontiguousarray(values.T, dtype=np.int64)
 
 
-def _encode_header(header: StreamHeader) -> bytes:
-    text = json.dumps(dataclasses.asdict(header), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return text.encode("ascii")
+def _varint(value: int) -> bytes:
+    """`value` >= 0 as an unsigned LEB128 varint in its shortest form."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_header(header: StreamHeader, payload_length: int) -> bytes:
+    """Every byte of the file before the CRC."""
+    model_id = header.model_id.encode("ascii")
+    fields = [_varint(getattr(header, name)) for name, _ in _VARINT_FIELDS]
+    return b"".join([
+        MAGIC,
+        bytes([FORMAT_VERSION, CODINGS.index(header.coding), len(model_id)]),
+        model_id,
+        *fields,
+        _varint(payload_length),
+    ])
+
+
+class _Reader:
+    """Reads fields in order from `data`, raising CorruptStreamError where they run out or are malformed."""
+
+    def __init__(self, data: bytes, offset: int):
+        self.data = data
+        self.offset = offset
+
+    def take(self, size: int, name: str) -> bytes:
+        end = self.offset + size
+        if end > len(self.data):
+            raise CorruptStreamError(
+                f"truncated header: {name} needs {size} bytes at offset {self.offset}, "
+                f"got {len(self.data) - self.offset}"
+            )
+        chunk = self.data[self.offset : end]
+        self.offset = end
+        return chunk
+
+    def uint8(self, name: str) -> int:
+        return self.take(1, name)[0]
+
+    def varint(self, name: str, limit: int) -> int:
+        # Never read more bytes than `limit` needs, so a run of continuation bits stops early.
+        max_bytes = max(1, -(-limit.bit_length() // 7))
+        value = 0
+        for index in range(max_bytes):
+            byte = self.uint8(name)
+            value |= (byte & 0x7F) << (7 * index)
+            if byte < 0x80:
+                # A zero last byte after others adds nothing: the same value has a shorter form.
+                if byte == 0 and index > 0:
+                    raise CorruptStreamError(f"{name} is not in its shortest varint form")
+                if value > limit:
+                    raise CorruptStreamError(f"{name} is {value}, more than the maximum {limit}")
+                return value
+        raise CorruptStreamError(
+            f"{name} is longer than {max_bytes} varint byte(s), all that its maximum {limit} needs"
+        )
 
 
 def write_stream(header: StreamHeader, codes: np.ndarray | None = None, payload: bytes | None = None) -> bytes:
@@ -214,14 +294,9 @@ def write_stream(header: StreamHeader, codes: np.ndarray | None = None, payload:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
 
-    header_bytes = _encode_header(header)
+    header_bytes = _encode_header(header, len(payload))
     crc = zlib.crc32(payload, zlib.crc32(header_bytes))
-    return b"".join([
-        _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header_bytes)),
-        header_bytes,
-        _PAYLOAD_INFO.pack(len(payload), crc),
-        payload,
-    ])
+    return b"".join([header_bytes, _CRC.pack(crc), payload])
 
 
 def read_stream(data: bytes) -> Stream:
@@ -231,60 +306,50 @@ def read_stream(data: bytes) -> Stream:
         raise CorruptStreamError("empty input: expected a codec stream")
     if data[: len(MAGIC)] != MAGIC[: len(data)]:
         raise CorruptStreamError(f"not a codec stream: expected magic {MAGIC!r}, got {data[:len(MAGIC)]!r}")
-    if len(data) < _PREAMBLE.size:
-        raise CorruptStreamError(f"truncated preamble: expected {_PREAMBLE.size} bytes, got {len(data)}")
-    _, version, header_length = _PREAMBLE.unpack_from(data)
+    if len(data) < _PREAMBLE_SIZE:
+        raise CorruptStreamError(f"truncated preamble: expected {_PREAMBLE_SIZE} bytes, got {len(data)}")
+    version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(
             f"unsupported format version {version}: this code reads version {FORMAT_VERSION}"
         )
 
-    payload_start = _PREAMBLE.size + header_length + _PAYLOAD_INFO.size
-    if len(data) < payload_start:
-        raise CorruptStreamError(
-            f"truncated header: expected {payload_start} bytes before the payload, got {len(data)}"
-        )
-    header_bytes = data[_PREAMBLE.size : _PREAMBLE.size + header_length]
-    payload_length, stored_crc = _PAYLOAD_INFO.unpack_from(data, _PREAMBLE.size + header_length)
-    available = len(data) - payload_start
+    reader = _Reader(data, _PREAMBLE_SIZE)
+    coding = reader.uint8("coding")
+    if coding >= len(CODINGS):
+        raise CorruptStreamError(f"unknown coding {coding}: expected 0 (packed) or 1 (entropy)")
+    model_id_length = reader.uint8("model_id length")
+    if not 1 <= model_id_length <= MAX_MODEL_ID_LENGTH:
+        raise CorruptStreamError(f"model_id length must be 1 to {MAX_MODEL_ID_LENGTH}, got {model_id_length}")
+    # Latin-1 maps every byte to one character, so StreamHeader sees and rejects non-ASCII ones.
+    model_id = reader.take(model_id_length, "model_id").decode("latin-1")
+    fields = {name: reader.varint(name, limit) for name, limit in _VARINT_FIELDS}
+    payload_length = reader.varint("payload length", MAX_PAYLOAD_BYTES)
+    crc_offset = reader.offset
+    (stored_crc,) = _CRC.unpack(reader.take(_CRC.size, "CRC"))
+
+    available = len(data) - reader.offset
     if available < payload_length:
         raise CorruptStreamError(f"truncated payload: expected {payload_length} bytes, got {available}")
     if available > payload_length:
         raise CorruptStreamError(f"{available - payload_length} trailing bytes after the payload")
-    payload = data[payload_start:]
-    crc = zlib.crc32(payload, zlib.crc32(header_bytes))
+    payload = data[reader.offset :]
+    crc = zlib.crc32(payload, zlib.crc32(memoryview(data)[:crc_offset]))
     if crc != stored_crc:
         raise CorruptStreamError(f"CRC mismatch: stored {stored_crc:#010x}, computed {crc:#010x}")
 
-    header = _parse_header(header_bytes)
+    # A hop of 0 is rejected by StreamHeader; max() only keeps the division defined until then.
+    num_frames = -(-fields["num_samples"] // max(fields["hop_length"], 1))
+    try:
+        header = StreamHeader(model_id=model_id, num_frames=num_frames, coding=CODINGS[coding], **fields)
+    except ValueError as error:
+        raise CorruptStreamError(f"invalid header: {error}") from None
     if header.coding == "packed" and payload_length != header.packed_size:
         raise CorruptStreamError(
             f"packed payload is {payload_length} bytes, header implies {header.packed_size} "
             f"({header.num_levels} x {header.num_frames} codes of {header.bits_per_code} bits)"
         )
     return Stream(header=header, payload=payload)
-
-
-def _parse_header(header_bytes: bytes) -> StreamHeader:
-    try:
-        fields = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise CorruptStreamError(f"header is not valid JSON: {error}") from None
-    if not isinstance(fields, dict):
-        raise CorruptStreamError(f"header must be a JSON object, got {type(fields).__name__}")
-    names = {field.name for field in dataclasses.fields(StreamHeader)}
-    if missing := sorted(names - fields.keys()):
-        raise CorruptStreamError(f"header is missing fields: {', '.join(missing)}")
-    if unknown := sorted(fields.keys() - names):
-        raise CorruptStreamError(f"header has unknown fields: {', '.join(unknown)}")
-    try:
-        header = StreamHeader(**fields)
-    except (TypeError, ValueError) as error:
-        raise CorruptStreamError(f"invalid header: {error}") from None
-    # Only the writer's exact bytes are accepted, so no two files decode to the same header.
-    if _encode_header(header) != header_bytes:
-        raise CorruptStreamError("header is not canonical JSON (sorted keys, no spaces, ASCII)")
-    return header
 
 
 def decode_packed(stream: Stream) -> np.ndarray:

@@ -72,6 +72,9 @@ class CodecConfig:
             raise ValueError("hop_length must be a multiple of decoder.upsample")
         if self.encoder.latent_dim != self.quantizer.dim:
             raise ValueError("encoder.latent_dim must equal quantizer.dim")
+        # The name goes into every stream header as part of the model id (printable ASCII, short).
+        if not (1 <= len(self.name) <= 48 and all(0x20 < ord(c) < 0x7F for c in self.name)):
+            raise ValueError("name must be 1 to 48 printable ASCII characters without spaces")
 
     @property
     def frame_rate(self) -> float:

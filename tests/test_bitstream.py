@@ -1,6 +1,5 @@
-"""Property tests of the stream format: round trips, exact sizes, and rejection of damaged bytes."""
+"""Property tests of the stream format: round trips, the exact byte layout, and rejection of damaged bytes."""
 
-import json
 import struct
 import zlib
 
@@ -11,6 +10,8 @@ from hypothesis import strategies as st
 
 from codec.bitstream import (
     MAGIC,
+    MAX_NUM_SAMPLES,
+    MAX_SAMPLE_RATE,
     Stream,
     StreamHeader,
     decode_packed,
@@ -24,6 +25,7 @@ from codec.errors import CodecError, CorruptStreamError, UnsupportedVersionError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
+model_ids = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=64)
 
 
 @st.composite
@@ -36,7 +38,7 @@ def headers(draw, coding=st.sampled_from(["packed", "entropy"])):
     if num_frames:
         num_samples = draw(st.integers((num_frames - 1) * hop_length + 1, num_frames * hop_length))
     return StreamHeader(
-        model_id=draw(st.text(min_size=1, max_size=40)),
+        model_id=draw(model_ids),
         sample_rate=sample_rate,
         hop_length=hop_length,
         num_levels=draw(st.integers(1, 32)),
@@ -65,24 +67,50 @@ def read_fully(data: bytes) -> Stream:
     return stream
 
 
-def assemble(header_bytes: bytes, payload: bytes) -> bytes:
-    """A file with a correct CRC around arbitrary header bytes, to reach the header checks."""
-    crc = zlib.crc32(payload, zlib.crc32(header_bytes))
-    preamble = MAGIC + struct.pack("<BH", 1, len(header_bytes))
-    return preamble + header_bytes + struct.pack("<II", len(payload), crc) + payload
+# The documented layout, written independently of codec.bitstream so the tests pin it down.
 
 
-SPEECH = StreamHeader("vqcodec-16k-v1:3f2a9c1b", 16000, 320, 12, 1024, 160000, 500)
+def leb128(value: int) -> bytes:
+    """Unsigned LEB128 in its shortest form."""
+    groups = [(value >> shift) & 0x7F for shift in range(0, max(value.bit_length(), 1), 7)]
+    return bytes([group | 0x80 for group in groups[:-1]] + [groups[-1]])
+
+
+def padded(value: int) -> bytes:
+    """A valid but not shortest LEB128 form of `value`: one more byte that adds nothing."""
+    short = leb128(value)
+    return short[:-1] + bytes([short[-1] | 0x80, 0x00])
+
+
+def raw_fields(header: StreamHeader, payload_length: int) -> dict[str, bytes]:
+    """The fields between the version byte and the CRC, in file order."""
+    model_id = header.model_id.encode("ascii")
+    return {
+        "coding": bytes([["packed", "entropy"].index(header.coding)]),
+        "model_id": bytes([len(model_id)]) + model_id,
+        "sample_rate": leb128(header.sample_rate),
+        "hop_length": leb128(header.hop_length),
+        "num_levels": leb128(header.num_levels),
+        "codebook_size": leb128(header.codebook_size),
+        "num_samples": leb128(header.num_samples),
+        "payload_length": leb128(payload_length),
+    }
+
+
+SPEECH = StreamHeader("vqcodec-16k:49b2ceea780d", 16000, 320, 12, 1024, 160000, 500)
+
+
+def assemble(payload: bytes, header: StreamHeader = SPEECH, version: int = 1, **replaced: bytes) -> bytes:
+    """A file in the documented layout with a correct CRC around any field bytes, to reach the header checks."""
+    fields = raw_fields(header, len(payload)) | replaced
+    before_crc = MAGIC + bytes([version]) + b"".join(fields.values())
+    return before_crc + struct.pack("<I", zlib.crc32(before_crc + payload)) + payload
 
 
 def speech_fields(**changes) -> dict:
     fields = dict(SPEECH.__dict__)
     fields.update(changes)
     return fields
-
-
-def canonical(fields: dict) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 # --- packing ---
@@ -126,7 +154,7 @@ def test_unpack_rejects_wrong_length_and_padding():
         unpack_codes(bytes([0b1010_0001]), 1, 1, 3)
 
 
-# --- stream round trips and sizes ---
+# --- stream round trips, layout and sizes ---
 
 
 @FAST
@@ -142,12 +170,27 @@ def test_write_read_round_trip(header, seed):
 
 
 @FAST
-@given(headers(coding=st.just("packed")), seeds)
-def test_file_size_is_header_overhead_plus_packed_codes(header, seed):
+@given(headers(), seeds)
+def test_file_is_the_documented_layout(header, seed):
     data = encode(header, seed)
-    header_json = canonical(header.__dict__)
-    bits = header.num_levels * header.num_frames * header.bits_per_code
-    assert len(data) == 4 + 1 + 2 + len(header_json) + 4 + 4 + -(-bits // 8)
+    payload = read_stream(data).payload
+    assert data == assemble(payload, header)
+    if header.coding == "packed":
+        assert len(payload) == -(-header.num_levels * header.num_frames * header.bits_per_code // 8)
+
+
+def test_bytes_of_a_small_file():
+    header = StreamHeader("m", 8, 3, 2, 5, 7, 3)
+    data = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]))
+    assert data.hex(" ") == " ".join([
+        "56 51 41 43",  # magic
+        "01 00",  # version 1, packed
+        "01 6d",  # model_id "m"
+        "08 03 02 05 07",  # sample_rate, hop_length, num_levels, codebook_size, num_samples
+        "03",  # payload length
+        "68 f0 08 c0",  # CRC32
+        "06 35 00",  # codes 0 1 | 4 3 | 2 4 in 3 bits each, then zero padding
+    ])
 
 
 def test_ten_seconds_at_6_kbps_is_7500_bytes_of_payload():
@@ -158,6 +201,27 @@ def test_ten_seconds_at_6_kbps_is_7500_bytes_of_payload():
     data = write_stream(header, codes=np.zeros((12, 500), dtype=np.int64))
     assert len(read_stream(data).payload) == 7500
     assert len(data) - 7500 < 200
+
+
+@pytest.mark.parametrize("num_levels", [3, 6])  # 1.5 and 3 kbps
+def test_one_second_clip_costs_under_60_bytes_of_overhead(num_levels):
+    header = StreamHeader("vqcodec-16k:49b2ceea780d", 16000, 320, num_levels, 1024, 16000, 50)
+    data = write_stream(header, codes=np.zeros((num_levels, 50), dtype=np.int64))
+    assert len(data) - header.packed_size == 46 < 60
+
+
+@pytest.mark.parametrize(
+    "num_samples, width",
+    [(0, 1), (127, 1), (128, 2), (16383, 2), (16384, 3), (2**21, 4), (2**35 - 1, 5), (2**35, 6), (MAX_NUM_SAMPLES, 6)],
+)
+def test_num_samples_varint_width(num_samples, width):
+    hop = MAX_SAMPLE_RATE  # few frames, so even 2**40 samples need no large payload
+    header = StreamHeader("m", hop, hop, 1, 2, num_samples, -(-num_samples // hop), coding="entropy")
+    data = write_stream(header, payload=b"")
+    assert read_stream(data).header == header
+    assert data == assemble(b"", header)
+    empty = write_stream(StreamHeader("m", hop, hop, 1, 2, 0, 0, coding="entropy"), payload=b"")
+    assert len(data) - len(empty) == width - 1
 
 
 def test_write_validates_codes_against_header():
@@ -182,6 +246,9 @@ def test_write_validates_codes_against_header():
         ({"num_levels": 33}, "num_levels"),
         ({"codebook_size": 65537}, "codebook_size"),
         ({"model_id": ""}, "model_id"),
+        ({"model_id": "m" * 65}, "model_id"),
+        ({"model_id": "vqcodec-16k:é"}, "printable ASCII"),
+        ({"model_id": "vqcodec\n16k"}, "printable ASCII"),
         ({"coding": "zip"}, "coding"),
         ({"num_samples": -1}, "num_samples"),
     ],
@@ -224,9 +291,13 @@ def test_any_truncation_or_extension_is_rejected(header, seed, data):
         read_fully(original + data.draw(st.binary(min_size=1, max_size=8)))
 
 
-def test_every_byte_and_every_prefix_of_a_small_file_is_checked():
-    header = StreamHeader("m", 8, 3, 2, 5, 7, 3)
-    original = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]))
+@pytest.mark.parametrize("coding", ["packed", "entropy"])
+def test_every_byte_and_every_prefix_of_a_small_file_is_checked(coding):
+    header = StreamHeader("m", 8, 3, 2, 5, 7, 3, coding=coding)
+    if coding == "packed":
+        original = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]))
+    else:
+        original = write_stream(header, payload=b"\x01\x02\x03")
     for index in range(len(original)):
         for flip in (0x01, 0x80, 0xFF):
             corrupted = bytearray(original)
@@ -270,8 +341,11 @@ def test_scattered_damage_raises_only_codec_errors(header, seed, edits):
         (b"", CorruptStreamError, "empty input"),
         (b"RIFF\x00\x00\x00\x00WAVE", CorruptStreamError, "expected magic b'VQAC'"),
         (b"VQA", CorruptStreamError, "truncated preamble"),
-        (MAGIC + b"\x02\x00\x00", UnsupportedVersionError, "version 2"),
-        (MAGIC + b"\x01\x10\x00{}", CorruptStreamError, "truncated header: expected 31 bytes"),
+        (MAGIC, CorruptStreamError, "truncated preamble: expected 5 bytes, got 4"),
+        (MAGIC + b"\x02", UnsupportedVersionError, "version 2"),
+        (MAGIC + b"\x01", CorruptStreamError, "truncated header: coding"),
+        (MAGIC + b"\x01\x00\x05ab", CorruptStreamError, "truncated header: model_id needs 5 bytes"),
+        (MAGIC + b"\x01\x00\x01m\x80", CorruptStreamError, "truncated header: sample_rate"),
     ],
 )
 def test_damaged_preamble_messages(data, error_type, message):
@@ -283,43 +357,68 @@ def test_truncated_payload_and_crc_messages():
     original = write_stream(SPEECH, codes=np.zeros((12, 500), dtype=np.int64))
     with pytest.raises(CorruptStreamError, match="truncated payload: expected 7500 bytes, got 7499"):
         read_stream(original[:-1])
+    with pytest.raises(CorruptStreamError, match="truncated header: CRC"):
+        read_stream(original[:-7502])
     corrupted = bytearray(original)
     corrupted[-1] ^= 1
     with pytest.raises(CorruptStreamError, match="CRC mismatch"):
         read_stream(bytes(corrupted))
 
 
+def test_the_documented_layout_is_accepted():
+    assert read_stream(assemble(bytes(7500))).header == SPEECH
+
+
 @pytest.mark.parametrize(
-    "header_bytes, message",
+    "field", ["sample_rate", "hop_length", "num_levels", "codebook_size", "num_samples", "payload_length"]
+)
+def test_varints_not_in_shortest_form_are_rejected(field):
+    value = 7500 if field == "payload_length" else getattr(SPEECH, field)
+    name = field.replace("payload_length", "payload length")
+    # num_levels (at most 32) has room for one byte only, so its longer form is caught as too long.
+    with pytest.raises(CorruptStreamError, match=f"{name} is (not in its shortest varint form|longer than 1 varint)"):
+        read_stream(assemble(bytes(7500), **{field: padded(value)}))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
     [
-        (b"\xff\xfe", "not valid JSON"),
-        (b"{nope", "not valid JSON"),
-        (b"[1, 2]", "JSON object"),
-        (b"[" * 60000, "not valid JSON"),
-        (canonical({k: v for k, v in speech_fields().items() if k != "coding"}), "missing fields: coding"),
-        (canonical(speech_fields(extra=1)), "unknown fields: extra"),
-        (canonical(speech_fields(sample_rate="16000")), "sample_rate must be an int"),
-        (canonical(speech_fields(sample_rate=16000.0)), "sample_rate must be an int"),
-        (canonical(speech_fields(num_frames=7)), "num_frames is 7"),
-        (canonical(speech_fields(sample_rate=-5)), "sample_rate must be in"),
-        (canonical(speech_fields(num_samples=10**30)), "num_samples must be in"),
-        (json.dumps(speech_fields()).encode(), "not canonical"),
-        (canonical(speech_fields()) + b" ", "not canonical"),
+        ({"coding": b"\x02"}, "unknown coding 2"),
+        ({"model_id": b"\x00"}, "model_id length must be 1 to 64, got 0"),
+        ({"model_id": b"\x41" + b"m" * 65}, "model_id length must be 1 to 64, got 65"),
+        ({"model_id": b"\x02m\x00"}, "printable ASCII"),
+        ({"model_id": b"\x02m\x7f"}, "printable ASCII"),
+        ({"model_id": b"\x02m\xe9"}, "printable ASCII"),
+        ({"sample_rate": leb128(0)}, "sample_rate must be in"),
+        ({"sample_rate": leb128(MAX_SAMPLE_RATE + 1)}, "sample_rate is 1000001, more than the maximum"),
+        ({"sample_rate": b"\xff" * 4}, "sample_rate is longer than 3 varint byte"),
+        ({"hop_length": leb128(0)}, "hop_length must be in"),
+        ({"hop_length": leb128(16001)}, "hop_length must be in"),
+        ({"num_levels": leb128(0)}, "num_levels must be in"),
+        ({"num_levels": leb128(33)}, "num_levels is 33, more than the maximum 32"),
+        ({"num_levels": b"\x81\x00"}, "num_levels is longer than 1 varint byte"),
+        ({"codebook_size": leb128(1)}, "codebook_size must be in"),
+        ({"codebook_size": leb128(65537)}, "codebook_size is 65537, more than the maximum"),
+        ({"num_samples": leb128(MAX_NUM_SAMPLES + 1)}, "num_samples is 1099511627777, more than the maximum"),
+        ({"num_samples": b"\x80" * 7 + b"\x01"}, "num_samples is longer than 6 varint byte"),
+        ({"payload_length": leb128(2**32)}, "payload length is 4294967296, more than the maximum"),
+        ({"payload_length": leb128(7501)}, "truncated payload: expected 7501 bytes, got 7500"),
+        ({"payload_length": leb128(7499)}, "1 trailing bytes"),
     ],
 )
-def test_inconsistent_headers_with_valid_crc_are_rejected(header_bytes, message):
+def test_invalid_fields_with_valid_crc_are_rejected(fields, message):
     with pytest.raises(CorruptStreamError, match=message):
-        read_stream(assemble(header_bytes, bytes(7500)))
+        read_stream(assemble(bytes(7500), **fields))
 
 
 def test_payload_length_must_match_header():
     with pytest.raises(CorruptStreamError, match="header implies 7500"):
-        read_stream(assemble(canonical(speech_fields()), bytes(7499)))
+        read_stream(assemble(bytes(7499)))
 
 
 def test_code_beyond_codebook_is_rejected():
     # 1000 entries need 10 bits, so the packed value 1023 is representable but invalid.
     header = StreamHeader("m", 16000, 320, 1, 1000, 320, 1)
-    stream = read_stream(assemble(canonical(header.__dict__), pack_codes(np.array([[1023]]), 10)))
+    stream = read_stream(assemble(pack_codes(np.array([[1023]]), 10), header))
     with pytest.raises(CorruptStreamError, match="code 1023 is out of range"):
         decode_packed(stream)
