@@ -18,6 +18,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m codec.bench --threads 2 --hour
 
-.PHONY: serve
+.PHONY: serve loadtest docker-lint
 serve: $(STAMP)
 	$(VENV)/bin/uvicorn --factory server.app:create_app --host 0.0.0.0 --port 8000
+
+loadtest: $(STAMP)
+	$(VENV)/bin/python -m server.loadtest
+
+docker-lint: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -165,8 +166,9 @@ def _reason(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     if not lines:
         return type(error).__name__
-    # libsndfile says "Error opening 'PATH': Reason."; the path is already in our message.
-    return lines[-1].rsplit("': ", 1)[-1].rstrip(".").lower()
+    # libsndfile says "Error opening 'PATH': Reason." (or an unquoted object repr for in-memory
+    # input); the name is already in our message and a repr must not reach users.
+    return re.sub(r"^error opening .*?: ", "", lines[-1], flags=re.IGNORECASE).rstrip(".").lower()
 
 
 def open_audio(file: str | Path | BinaryIO | bytes, target_rate: int) -> FileSource:

@@ -37,8 +37,9 @@ class QuantizerConfig:
     # et al. 2017, appendix; EnCodec). "loss": codebooks learn from the codebook loss by gradient.
     update: str = "ema"
     ema_decay: float = 0.99
-    # Entries used less than this (EMA count) are restarted from random vectors of the batch.
-    dead_code_threshold: float = 1.0
+    # Entries whose EMA count falls below this fraction of the average entry's are restarted
+    # from random vectors of the batch.
+    dead_code_threshold: float = 0.03
     # Probability that a training item is quantized with a random number of levels.
     level_dropout: float = 0.5
 

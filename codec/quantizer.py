@@ -111,16 +111,21 @@ class VectorQuantizer(nn.Module):
     def _restart_dead_codes(self, x: torch.Tensor) -> None:
         if self.config.update != "ema":
             return
-        dead = self.cluster_size < self.config.dead_code_threshold
+        # Dead means used far less than the average entry. A relative threshold does not depend on
+        # the batch size, the number of processes or how many items use this level.
+        average = self.cluster_size.mean()
+        dead = self.cluster_size < self.config.dead_code_threshold * average
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
         # The same replacement vectors on every rank keep the codebooks identical under DDP.
         replacement = x[torch.randint(0, x.shape[0], (num_dead,), device=x.device)].float()
         replacement = _broadcast(replacement.contiguous())
+        # A restarted entry starts with an average count, so it has time to win vectors before
+        # it could be declared dead again.
         self.codebook[dead] = replacement
-        self.cluster_size[dead] = self.config.dead_code_threshold
-        self.embed_sum[dead] = replacement * self.config.dead_code_threshold
+        self.cluster_size[dead] = average
+        self.embed_sum[dead] = replacement * average
 
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantize x [B, D, N]; returns (quantized [B, D, N] without straight-through, codes [B, N]).

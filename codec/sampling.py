@@ -16,7 +16,7 @@ from codec.prior import KV, TokenPriorModel
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    temperature: float = 1.0  # <1 sharper, >1 flatter; 0 means greedy
+    temperature: float = 1.0  # <1 sharper, >1 flatter; 0 (or below 1e-3) means greedy
     top_k: int | None = None  # sample among the k most likely codes only (None: all)
 
 
@@ -87,7 +87,8 @@ class FrameStepper:
 
 def sample_logits(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> torch.Tensor:
     """Codes [B] drawn from logits [B, V]."""
-    if options.temperature <= 0:
+    # Below ~1e-3, logits / temperature overflows to inf and softmax to NaN: that is greedy anyway.
+    if options.temperature < 1e-3:
         return logits.argmax(dim=-1)
     logits = logits / options.temperature
     if options.top_k is not None and options.top_k < logits.shape[-1]:

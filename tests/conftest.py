@@ -54,3 +54,25 @@ def tiny_corpus(tmp_path_factory) -> Path:
                         "group": f"g{index}", "sample_rate": 16000})
     (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     return root / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_codec: Codec, tmp_path_factory) -> Path:
+    """The tiny codec saved as a checkpoint file, for code that loads models by path (the server)."""
+    path = tmp_path_factory.mktemp("checkpoints") / "tiny.safetensors"
+    tiny_codec.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory) -> Path:
+    """A tiny random prior over the tiny codec's tokens (as the codec loads it from tiny_checkpoint)."""
+    from codec.prior import PriorConfig, TokenPriorModel
+    from codec.prior_api import TokenPrior
+
+    torch.manual_seed(0)
+    config = PriorConfig(num_levels=4, codebook_size=64, dim=32, layers=1, heads=2, depth_hidden=32, context=64,
+                         codec_model_id=Codec.load(tiny_checkpoint).model_id)
+    path = tmp_path_factory.mktemp("checkpoints") / "tiny-prior.safetensors"
+    TokenPrior(TokenPriorModel(config), "prior:tiny").save(path)
+    return path

@@ -1,0 +1,219 @@
+"""The models behind the routes: input checks, batched model calls, and the prior.
+
+All model work runs in one executor thread, one batch at a time, so that the event loop stays
+free and batches never compete for the same cores (or GPU). Inputs up to `batch_max_seconds`
+are batched: items are zero-padded to the longest in their length bucket and cropped afterwards.
+The padding is silence the model sees past an item's end, so the codes of its last few frames
+(within the encoder's receptive field) can differ from those of an unbatched call; set
+`max_batch_size=1` for bit-exact reproducibility. Longer inputs run alone, through the codec's
+windowed encoder and decoder, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from codec import Codec
+from codec.audio import FileSource, open_audio
+from codec.errors import InvalidAudioError
+from codec.windowing import decode_windows, encode_source
+from server.batching import DynamicBatcher, length_bucket
+from server.errors import ApiError, too_large, unprocessable
+from server.metrics import Metrics
+from server.settings import Settings
+
+READ_SECONDS = 2.0  # span of audio converted at a time, so many channels never mean much memory
+
+
+@dataclass
+class AudioJob:
+    """Checked input audio, ready for the encoder."""
+
+    num_levels: int
+    num_samples: int  # at the model's rate
+    wav: torch.Tensor | None  # [1, T] mono at the model's rate, for inputs that are batched
+    source: FileSource | None  # for long inputs, read window by window
+
+
+@dataclass
+class DecodeJob:
+    codes: torch.Tensor  # [K, N] int64, checked
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    seconds: float
+    temperature: float
+    top_k: int | None
+    seed: int
+    prompt: torch.Tensor | None  # [1, K, P]
+
+
+class CodecEngine:
+    def __init__(
+        self,
+        codec: Codec,
+        settings: Settings,
+        metrics: Metrics,
+        executor: Executor,
+        checkpoint_sha256: str = "",
+        prior: Any = None,
+        prior_reason: str | None = "no prior checkpoint configured",
+    ):
+        self.codec = codec
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.prior = prior  # a codec.prior_api.TokenPrior, or None
+        self.prior_reason = None if prior is not None else prior_reason
+        self.settings = settings
+        self.metrics = metrics
+        self.timeout = settings.request_timeout_s
+        self.max_batch_frames = max(1, int(settings.batch_max_seconds * codec.config.frame_rate))
+        knobs = dict(
+            executor=executor,
+            max_batch_size=settings.max_batch_size,
+            max_wait=settings.batch_max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            observer=metrics,
+        )
+        self.encoder = DynamicBatcher("encode", self._encode_batch, **knobs)
+        self.decoder = DynamicBatcher("decode", self._decode_batch, **knobs)
+        self.sampler = DynamicBatcher("sample", self._sample_batch, **knobs)
+
+    @property
+    def batchers(self) -> list[DynamicBatcher]:
+        return [self.encoder, self.decoder, self.sampler]
+
+    @property
+    def max_frames(self) -> int:
+        return math.ceil(self.settings.max_audio_seconds * self.codec.config.frame_rate)
+
+    # Input checks (called in a worker thread: they parse and resample).
+
+    def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
+        """Check audio bytes from their header before decoding any samples, then read them."""
+        levels = self.levels(bitrate)
+        s = self.settings
+        source = open_audio(data, self.codec.sample_rate)
+        channels = source.file.channels
+        if channels > s.max_channels:
+            raise InvalidAudioError(f"audio has {channels} channels; at most {s.max_channels} are accepted")
+        if not s.min_sample_rate <= source.input_rate <= s.max_sample_rate:
+            raise InvalidAudioError(
+                f"sample rate {source.input_rate} Hz is outside the {s.min_sample_rate} to {s.max_sample_rate} Hz accepted")
+        seconds = source.input_frames / source.input_rate
+        if seconds > s.max_audio_seconds:
+            raise too_large(f"audio lasts {seconds:.1f} s; at most {s.max_audio_seconds:g} s are accepted")
+        if self.codec.model.num_frames(source.num_samples) > self.max_batch_frames:
+            return AudioJob(levels, source.num_samples, None, source)
+        step = int(READ_SECONDS * self.codec.sample_rate)
+        with source.file:
+            pieces = [source.read(i, min(i + step, source.num_samples)) for i in range(0, source.num_samples, step)]
+        return AudioJob(levels, source.num_samples, torch.cat(pieces, dim=-1), None)
+
+    def levels(self, bitrate: float | None) -> int:
+        try:
+            return self.codec.num_levels(bitrate)
+        except InvalidAudioError as error:
+            offered = ", ".join(f"{b:g}" for b in self.codec.bitrates())
+            raise ApiError(422, f"{error}; offered: {offered} kbps", "invalid_bitrate") from None
+
+    def check_codes(self, codes: Sequence[Sequence[int]], num_samples: int | None, what: str = "codes") -> DecodeJob:
+        """Token rows [K][N] from JSON -> a DecodeJob, or a 422 naming the problem."""
+        q = self.codec.config.quantizer
+        hop = self.codec.config.hop_length
+        if not 1 <= len(codes) <= q.num_levels:
+            raise unprocessable(f"{what} must have 1 to {q.num_levels} rows (levels), got {len(codes)}")
+        frames = len(codes[0])
+        if any(len(row) != frames for row in codes):
+            raise unprocessable(f"{what} rows must all have the same length; got lengths {sorted({len(r) for r in codes})}")
+        if frames == 0:
+            raise unprocessable(f"{what} have no frames")
+        if frames > self.max_frames:
+            raise too_large(f"{what} hold {frames} frames; at most {self.max_frames} are accepted")
+        low, high = min(min(row) for row in codes), max(max(row) for row in codes)
+        if low < 0 or high >= q.codebook_size:
+            raise unprocessable(f"{what} must be in [0, {q.codebook_size}), got values in [{low}, {high}]")
+        if num_samples is None:
+            num_samples = frames * hop
+        elif -(-num_samples // hop) != frames:
+            raise unprocessable(f"num_samples {num_samples} needs {-(-num_samples // hop)} frames, {what} have {frames}")
+        return DecodeJob(torch.tensor(codes, dtype=torch.long), num_samples)
+
+    def check_stream(self, data: bytes) -> DecodeJob:
+        """The codec's binary file -> a DecodeJob; CorruptStreamError (400) if it is damaged."""
+        encoded = self.codec.from_bytes(data)
+        frames = encoded.codes.shape[-1]
+        if frames == 0:
+            raise unprocessable("stream has no frames")
+        if frames > self.max_frames:
+            raise too_large(f"stream holds {frames} frames; at most {self.max_frames} are accepted")
+        return DecodeJob(encoded.codes[0], encoded.num_samples)
+
+    # Model calls (awaited on the event loop, run in the executor).
+
+    async def encode(self, job: AudioJob) -> torch.Tensor:
+        """-> codes [K, N]."""
+        alone = job.source is not None
+        frames = self.codec.model.num_frames(job.num_samples)
+        codes = await self.encoder.submit((job.num_levels, length_bucket(frames)), job, self.timeout, alone)
+        self.metrics.audio_seconds.labels("encode").inc(job.num_samples / self.codec.sample_rate)
+        return codes
+
+    async def decode(self, job: DecodeJob) -> torch.Tensor:
+        """-> wav [1, num_samples] at the model's rate."""
+        frames = job.codes.shape[-1]
+        alone = frames > self.max_batch_frames
+        wav = await self.decoder.submit((job.codes.shape[0], length_bucket(frames)), job, self.timeout, alone)
+        self.metrics.audio_seconds.labels("decode").inc(job.num_samples / self.codec.sample_rate)
+        return wav
+
+    async def sample(self, job: SampleJob) -> torch.Tensor:
+        """-> codes [K, N] from the prior."""
+        codes = await self.sampler.submit("sample", job, self.timeout, alone=True)
+        self.metrics.audio_seconds.labels("sample").inc(codes.shape[-1] / self.codec.config.frame_rate)
+        return codes
+
+    def _encode_batch(self, key: Hashable, jobs: Sequence[AudioJob]) -> list[torch.Tensor]:
+        model, levels = self.codec.model, jobs[0].num_levels
+        if jobs[0].source is not None:
+            with jobs[0].source.file:
+                return [encode_source(model, jobs[0].source, levels, self.codec.window_frames)]
+        longest = max(job.num_samples for job in jobs)
+        batch = torch.stack([F.pad(job.wav, (0, longest - job.num_samples)) for job in jobs])  # [B, 1, T]
+        codes = model.encode(batch.to(self.codec.device), levels).cpu()  # [B, K, N]
+        return [codes[i, :, : model.num_frames(job.num_samples)].clone() for i, job in enumerate(jobs)]
+
+    def _decode_batch(self, key: Hashable, jobs: Sequence[DecodeJob]) -> list[torch.Tensor]:
+        model = self.codec.model
+        if jobs[0].codes.shape[-1] > self.max_batch_frames:
+            job = jobs[0]
+            return [torch.cat(list(decode_windows(model, job.codes, job.num_samples, self.codec.window_frames)), dim=-1)]
+        longest = max(job.codes.shape[-1] for job in jobs)
+        codes = torch.stack([F.pad(job.codes, (0, longest - job.codes.shape[-1])) for job in jobs])  # [B, K, N]
+        wav = model.decode(codes.to(self.codec.device)).float().cpu()  # [B, 1, N * hop]
+        return [wav[i, :, : job.num_samples].clone() for i, job in enumerate(jobs)]
+
+    def _sample_batch(self, key: Hashable, jobs: Sequence[SampleJob]) -> list[torch.Tensor]:
+        job = jobs[0]
+        try:
+            codes = self.prior.sample(job.seconds, temperature=job.temperature, top_k=job.top_k, seed=job.seed,
+                                      prompt=job.prompt)  # [1, K, N]
+        except ValueError as error:  # the prior's own argument checks
+            raise unprocessable(str(error)) from None
+        return [codes[0].cpu().long()]
+
+    def warmup(self) -> None:
+        """One small batch through encoder and decoder (and the prior), so the first request is not slow."""
+        second = torch.zeros(2, 1, self.codec.sample_rate)
+        codes = self.codec.model.encode(second.to(self.codec.device))
+        self.codec.model.decode(codes)
+        if self.prior is not None:
+            self.prior.sample(2 / self.prior.frame_rate, seed=0)

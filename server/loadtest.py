@@ -1,0 +1,229 @@
+"""Load benchmark: the server over loopback at a fixed arrival rate, with batching on and off.
+
+    python -m server.loadtest --rates 2,4,8 --duration 20          # bundled model
+    python -m server.loadtest --random-weights --threads 2          # before a model is bundled
+    python -m server.loadtest --url http://host:8000 --rates 4      # a server already running
+
+An open model: request i is sent at i / rate whatever happened to the earlier ones, and its
+latency counts from that moment, so a slow server shows up as latency instead of as a gentler
+load (no coordinated omission). Prints throughput in seconds of audio per second and p50/p95/p99
+latency per rate, for a server with batching and one without, and the HTTP overhead of one
+request at a time over calling the codec in-process on the same clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+STREAM = "application/octet-stream"
+
+
+@dataclass
+class RunResult:
+    rate: float
+    sent: int
+    ok: int
+    rejected: int  # 503 queue full, 504 timeout, transport errors
+    audio_per_second: float  # seconds of audio answered per second of wall time
+    p50: float
+    p95: float
+    p99: float
+
+
+def speech_like_clip(seconds: float, rate: int = 16000) -> bytes:
+    """A speech-like WAV clip: a gliding harmonic tone with a syllable envelope and noise."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(140 * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t))) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    audio = 0.2 * voice + rng.normal(0, 0.02, t.shape)
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.8 * audio / np.abs(audio).max()).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+async def open_loop(url: str, clip: bytes, clip_seconds: float, rate: float, duration: float, headers: dict) -> RunResult:
+    import httpx
+
+    count = max(1, int(rate * duration))
+    latencies: list[float] = []
+    rejected = 0
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers=headers) as client:
+        start = time.perf_counter()
+
+        async def one(index: int) -> None:
+            nonlocal rejected
+            scheduled = start + index / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                response = await client.post("/encode", content=clip, headers={"content-type": "audio/wav"})
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - scheduled)
+                else:
+                    rejected += 1
+            except httpx.TransportError:
+                rejected += 1
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        wall = time.perf_counter() - start
+    q = np.quantile(latencies, [0.5, 0.95, 0.99]) if latencies else [float("nan")] * 3
+    return RunResult(rate, count, len(latencies), rejected, len(latencies) * clip_seconds / wall, *map(float, q))
+
+
+def sequential_latency(url: str, path: str, body: bytes, content_type: str, repeats: int, headers: dict) -> float:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=300, headers=headers) as client:
+        client.post(path, content=body, headers={"content-type": content_type})  # warm the connection
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            response = client.post(path, content=body, headers={"content-type": content_type})
+            times.append(time.perf_counter() - start)
+            response.raise_for_status()
+    return statistics.median(times)
+
+
+def in_process_latency(checkpoint: str | None, clip: bytes, repeats: int, threads: int) -> tuple[float, float, bytes]:
+    """Median seconds to encode the clip's bytes and to decode its codes to WAV bytes, in-process."""
+    import torch
+
+    from codec import Codec
+    from codec.audio import write_audio
+
+    torch.set_num_threads(threads)
+    codec = Codec.load(checkpoint)
+    encoded = codec.encode_file(clip)
+    encode_times, decode_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoded = codec.encode_file(clip)
+        encode_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        write_audio(io.BytesIO(), codec.decode(encoded)[0], codec.sample_rate)
+        decode_times.append(time.perf_counter() - start)
+    return statistics.median(encode_times), statistics.median(decode_times), codec.to_bytes(encoded)
+
+
+@contextmanager
+def local_server(env: dict[str, str]):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        env={**os.environ, **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with status {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"server not ready after {timeout:g} s")
+
+
+def random_checkpoint() -> str:
+    """The default architecture with random weights: the speed of the real model, no training."""
+    import torch
+
+    from codec import Codec, CodecConfig, build_model
+
+    torch.manual_seed(0)
+    path = Path(tempfile.mkdtemp()) / "random.safetensors"
+    Codec(build_model(CodecConfig()), "random").save(path)
+    return str(path)
+
+
+def print_table(title: str, results: list[RunResult]) -> None:
+    print(f"\n{title}")
+    print(f"{'rate/s':>7} {'sent':>5} {'ok':>5} {'rejected':>8} {'audio s/s':>10} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}")
+    for r in results:
+        print(f"{r.rate:7g} {r.sent:5d} {r.ok:5d} {r.rejected:8d} {r.audio_per_second:10.1f} "
+              f"{r.p50:7.3f} {r.p95:7.3f} {r.p99:7.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server; default: start one with batching and one without")
+    parser.add_argument("--checkpoint", help="codec checkpoint for the servers started here; default: bundled")
+    parser.add_argument("--random-weights", action="store_true", help="use the default architecture, untrained")
+    parser.add_argument("--rates", default="2,4,8", help="arrival rates to try, requests per second")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of arrivals per rate")
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, server and in-process")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=10, help="requests for the overhead measurement")
+    parser.add_argument("--api-key", default=os.environ.get("CODEC_API_KEY"))
+    args = parser.parse_args(argv)
+
+    rates = [float(r) for r in args.rates.split(",")]
+    clip = speech_like_clip(args.clip_seconds)
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.url:
+        print_table(f"{args.url}, {args.clip_seconds:g} s clips",
+                    [asyncio.run(open_loop(args.url, clip, args.clip_seconds, r, args.duration, headers)) for r in rates])
+        return
+
+    checkpoint = random_checkpoint() if args.random_weights else args.checkpoint
+    env = {"CODEC_PRIOR_CHECKPOINT": "", "CODEC_TORCH_THREADS": str(args.threads), "CODEC_API_KEY": args.api_key or ""}
+    if checkpoint:
+        env["CODEC_CHECKPOINT"] = checkpoint
+    encode_s, decode_s, stream = in_process_latency(checkpoint, clip, args.repeats, args.threads)
+    batches = {"batching on": args.max_batch_size, "batching off": 1}
+    tables: dict[str, list[RunResult]] = {name: [] for name in batches}
+    with ExitStack() as stack:  # both servers up at once; runs alternate, so drift hits both alike
+        urls = {name: stack.enter_context(local_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}))
+                for name, size in batches.items()}
+        # The overhead of the server as it is deployed (batching on), next to the in-process run.
+        http_encode = sequential_latency(urls["batching on"], "/encode", clip, "audio/wav", args.repeats, headers)
+        http_decode = sequential_latency(urls["batching on"], "/decode", stream, STREAM, args.repeats, headers)
+        for rate in rates:
+            for name, url in urls.items():
+                tables[name].append(asyncio.run(open_loop(url, clip, args.clip_seconds, rate, args.duration, headers)))
+    for name, size in batches.items():
+        print_table(f"{name} (max batch {size}), {args.clip_seconds:g} s clips, {args.threads} threads", tables[name])
+
+    print(f"\none {args.clip_seconds:g} s clip at a time (median of {args.repeats}):")
+    for op, local, http in (("encode", encode_s, http_encode), ("decode", decode_s, http_decode)):
+        print(f"  {op}: in-process {local * 1000:7.1f} ms, over HTTP {http * 1000:7.1f} ms, "
+              f"overhead {100 * (http / local - 1):+.1f}%")
+    on, off = tables["batching on"], tables["batching off"]
+    gain = max(r.audio_per_second for r in on) / max(r.audio_per_second for r in off)
+    print(f"batching gain (best throughput, on / off): {gain:.2f}x")
+
+if __name__ == "__main__":
+    main()

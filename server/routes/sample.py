@@ -1,0 +1,78 @@
+"""POST /sample: new codes from the token prior (optionally continuing a prompt), or their audio."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from fastapi import APIRouter, Query, Request
+
+from server.deps import Authorized, EngineDep, SettingsDep
+from server.engine import DecodeJob, SampleJob
+from server.errors import ApiError, ErrorResponse, unprocessable
+from server.media import accepts, audio_format, audio_response, tokens_response, unless_disconnected
+from server.schemas import SampleRequest, Tokens
+
+router = APIRouter(tags=["prior"], dependencies=[Authorized])
+
+MIN_TEMPERATURE = 0.01
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+    400: "a body that cannot be parsed (not UTF-8)",
+    401: "missing or wrong API key",
+    413: "body over the size limit",
+    422: "invalid JSON, parameters or prompt",
+    503: "no prior loaded, or queue full (see Retry-After)",
+    504: "no answer within the request timeout",
+}.items()}
+
+
+@router.post(
+    "/sample",
+    summary="Sample codes from the prior",
+    response_model=Tokens,
+    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}},
+                     "description": "Tokens as JSON, or their audio with Accept: audio/wav (or audio/flac)"},
+               **ERRORS},
+)
+async def sample(
+    request: Request,
+    body: SampleRequest,
+    engine: EngineDep,
+    settings: SettingsDep,
+    format: Annotated[Literal["wav", "flac"] | None, Query(description="answer with audio in this format")] = None,
+):
+    prior = engine.prior
+    if prior is None:
+        raise ApiError(503, f"no prior is loaded: {engine.prior_reason}", "no_prior")
+    if body.seconds > settings.max_sample_seconds:
+        raise unprocessable(f"seconds must be at most {settings.max_sample_seconds:g}, got {body.seconds:g}")
+    if 0 < body.temperature < MIN_TEMPERATURE:  # dividing logits by ~0 overflows to inf, then NaN
+        raise unprocessable(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {body.temperature:g}")
+    if body.top_k is not None and body.top_k > prior.codebook_size:
+        raise unprocessable(f"top_k must be at most the codebook size {prior.codebook_size}, got {body.top_k}")
+    job = SampleJob(body.seconds, body.temperature, body.top_k, body.seed, _prompt(body, prior, settings))
+    codes = await unless_disconnected(request, engine.sample(job))  # [K, N]
+    num_samples = codes.shape[-1] * engine.codec.config.hop_length
+    if format is not None or accepts(request, "audio/wav") or accepts(request, "audio/flac"):
+        wav = await unless_disconnected(request, engine.decode(DecodeJob(codes, num_samples)))
+        return await audio_response(wav, engine.codec.sample_rate, audio_format(request, format))
+    return tokens_response(engine.codec, codes, num_samples)
+
+
+def _prompt(body: SampleRequest, prior, settings) -> torch.Tensor | None:
+    """The prompt rows [K][P] -> codes [1, K, P], checked against the prior."""
+    if body.prompt is None:
+        return None
+    rows = body.prompt
+    if not 1 <= len(rows) <= prior.num_levels:
+        raise unprocessable(f"prompt must have 1 to {prior.num_levels} rows (levels), got {len(rows)}")
+    length = len(rows[0])
+    if length == 0 or any(len(row) != length for row in rows):
+        raise unprocessable("prompt rows must be non-empty and all the same length")
+    if length > settings.max_sample_seconds * prior.frame_rate:
+        raise unprocessable(f"prompt of {length} frames is longer than {settings.max_sample_seconds:g} s")
+    low, high = min(min(r) for r in rows), max(max(r) for r in rows)
+    if low < 0 or high >= prior.codebook_size:
+        raise unprocessable(f"prompt codes must be in [0, {prior.codebook_size}), got values in [{low}, {high}]")
+    return torch.tensor(rows, dtype=torch.long)[None]

@@ -1,0 +1,345 @@
+"""The HTTP service end to end, on the real app with a tiny model: round trips for every input
+form, token formats, errors, limits, auth, readiness, metrics, batching, the prior, shutdown."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from fastapi.testclient import TestClient
+
+from codec import Codec
+from conftest import harmonic_signal
+from serving import running_server
+from server.app import _fail_readiness_on_sigterm, create_app
+from server.settings import Settings
+
+
+def audio_bytes(seconds: float = 1.0, rate: int = 16000, channels: int = 1, fmt: str = "WAV", seed: int = 0) -> bytes:
+    mono = harmonic_signal(seconds, rate, seed)
+    data = np.stack([mono * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1)
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+    return buffer.getvalue()
+
+
+@contextmanager
+def client(checkpoint, **overrides):
+    settings = Settings(checkpoint=checkpoint, prior_checkpoint=overrides.pop("prior_checkpoint", None), **overrides)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def api(tiny_checkpoint, tiny_prior_checkpoint):
+    with client(tiny_checkpoint, prior_checkpoint=tiny_prior_checkpoint) as test_client:
+        yield test_client
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text output (0 if absent)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match[1] == name and wanted <= set(filter(None, (match[2] or "").split(","))):
+            return float(match[3])
+    return 0.0
+
+
+def assert_error(response: httpx.Response, status: int, contains: str = "") -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and contains.lower() in detail.lower(), detail
+
+
+@pytest.mark.parametrize("form", ["multipart", "wav", "flac", "ogg"])
+def test_round_trip_for_each_input_form(api, form):
+    rate, channels = (44100, 2) if form != "wav" else (16000, 1)
+    data = audio_bytes(1.3, rate, channels, "OGG" if form == "ogg" else ("FLAC" if form == "flac" else "WAV"))
+    if form == "multipart":
+        response = api.post("/encode", files={"file": ("clip.wav", data, "audio/wav")})
+    else:
+        response = api.post("/encode", content=data, headers={"content-type": f"audio/{form}"})
+    assert response.status_code == 200, response.text
+    tokens = response.json()
+    expected_samples = round(1.3 * 16000)
+    assert abs(tokens["num_samples"] - expected_samples) <= 1
+    assert len(tokens["codes"]) == tokens["num_levels"] == 4
+    assert len(tokens["codes"][0]) == -(-tokens["num_samples"] // 320)
+    assert tokens["sample_rate"] == 16000 and tokens["frame_rate"] == 50
+    decoded = api.post("/decode", json=tokens)
+    assert decoded.status_code == 200 and decoded.headers["content-type"] == "audio/wav"
+    audio, sample_rate = sf.read(io.BytesIO(decoded.content))
+    assert sample_rate == 16000 and audio.shape == (tokens["num_samples"],)
+
+
+def test_server_codes_equal_the_library(api, tiny_checkpoint):
+    data = audio_bytes(1.0, 22050, 2, "FLAC", seed=3)
+    codes = torch.tensor(api.post("/encode", content=data, headers={"content-type": "audio/flac"}).json()["codes"])
+    assert torch.equal(codes, Codec.load(tiny_checkpoint).encode_file(data).codes[0])
+
+
+def test_json_and_binary_tokens_agree(api):
+    data = audio_bytes(0.7, seed=1)
+    as_json = api.post("/encode?bitrate=0.6", content=data, headers={"content-type": "audio/wav"}).json()
+    binary = api.post("/encode?bitrate=0.6", content=data,
+                      headers={"content-type": "audio/wav", "accept": "application/octet-stream"})
+    assert binary.headers["content-type"] == "application/octet-stream"
+    codec = api.app.state.engine.codec
+    assert codec.from_bytes(binary.content).codes[0].tolist() == as_json["codes"]
+    assert as_json["num_levels"] == 2 and as_json["bitrate"] == 0.6
+    wav_from_json = api.post("/decode", json=as_json).content
+    wav_from_binary = api.post("/decode", content=binary.content, headers={"content-type": "application/octet-stream"})
+    assert wav_from_binary.content == wav_from_json
+    flac = api.post("/decode?format=flac", json=as_json)
+    assert flac.headers["content-type"] == "audio/flac"
+    # The same samples, give or take the last bit of libsndfile's float -> 16-bit rounding.
+    assert np.abs(sf.read(io.BytesIO(flac.content))[0] - sf.read(io.BytesIO(wav_from_json))[0]).max() <= 2 / 32768
+    assert api.post("/decode", json=as_json, headers={"accept": "audio/flac"}).content == flac.content
+
+
+def test_bad_input_gets_a_json_4xx(api):
+    wav = audio_bytes(0.5)
+    raw = {"content-type": "audio/wav"}
+    assert_error(api.post("/encode", content=b"", headers=raw), 400, "empty")
+    assert_error(api.post("/encode", content=b"RIFF\x00\x01garbage", headers=raw), 400, "cannot read")
+    assert_error(api.post("/encode", content=wav, headers={"content-type": "text/plain"}), 415, "content type")
+    assert_error(api.post("/encode", files={"other": ("a.wav", wav)}), 400, "file")
+    assert_error(api.post("/encode?bitrate=0.01", content=wav, headers=raw), 422, "bitrate")
+    assert_error(api.post("/encode?bitrate=nan", content=wav, headers=raw), 422, "bitrate")
+    assert_error(api.post("/decode", content=b"VQAC\x01junk", headers={"content-type": "application/octet-stream"}), 400)
+    assert_error(api.post("/decode", content=b"{", headers={"content-type": "application/json"}), 422, "json")
+    assert_error(api.post("/decode", json={"codes": [[1, 2], [3]]}), 422, "same length")
+    assert_error(api.post("/decode", json={"codes": [[1, 2], [3, 64]]}), 422, "[0, 64)")
+    assert_error(api.post("/decode", json={"codes": [[1]] * 5}), 422, "1 to 4 rows")
+    assert_error(api.post("/decode", json={"codes": [[1.5]]}), 422, "integer")
+    assert_error(api.post("/decode", json={"codes": [[1, 2]], "num_samples": 5000}), 422, "num_samples")
+    assert_error(api.post("/decode", json={"codes": [[1]], "model_id": "other:123"}), 422, "other:123")
+    assert_error(api.post("/decode", json={"codes": [[]]}), 422, "no frames")
+    assert_error(api.get("/nowhere"), 404)
+    assert_error(api.get("/encode"), 405)
+
+
+def test_limits(tiny_checkpoint):
+    with client(tiny_checkpoint, max_audio_seconds=1.0, max_body_bytes=200_000, max_channels=2) as limited:
+        raw = {"content-type": "audio/wav"}
+        assert_error(limited.post("/encode", content=audio_bytes(1.5), headers=raw), 413, "1 s")
+        assert_error(limited.post("/encode", content=audio_bytes(0.5, channels=3), headers=raw), 400, "channels")
+        assert_error(limited.post("/encode", content=b"\0" * 300_000, headers=raw), 413, "body")
+        chunked = limited.post("/encode", content=iter([b"\0" * 100_000] * 3), headers=raw)  # no Content-Length
+        assert_error(chunked, 413, "body")
+        assert_error(limited.post("/decode", json={"codes": [[1] * 60]}), 413, "frames")
+        assert limited.post("/encode", content=audio_bytes(0.9), headers=raw).status_code == 200
+
+
+def test_auth(tiny_checkpoint):
+    with client(tiny_checkpoint, api_key="s3cret") as secured:
+        assert_error(secured.get("/model"), 401, "API key")
+        assert_error(secured.get("/model", headers={"authorization": "Bearer wrong"}), 401)
+        assert_error(secured.post("/encode", content=audio_bytes(0.2), headers={"content-type": "audio/wav"}), 401)
+        assert_error(secured.get("/metrics", headers={"authorization": "Basic s3cret"}), 401)
+        assert secured.get("/model", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert secured.get("/livez").status_code == 200 and secured.get("/readyz").status_code == 200
+
+
+def test_readiness_model_info_and_metrics(api):
+    assert api.get("/livez").json() == {"status": "alive"}
+    assert api.get("/readyz").json() == {"status": "ready"}
+    info = api.get("/model").json()
+    engine = api.app.state.engine
+    assert info["model_id"] == engine.codec.model_id and info["model_id"].endswith(info["checkpoint_sha256"][:12])
+    assert info["bitrates"] == [0.3, 0.6, 0.9, 1.2] and info["num_levels"] == 4 and info["parameters"] > 0
+    assert info["prior"]["loaded"] and info["prior"]["codec_model_id"] == info["model_id"]
+    api.post("/encode", content=audio_bytes(2.0), headers={"content-type": "audio/wav"})
+    api.post("/encode", content=b"junk", headers={"content-type": "audio/wav"})
+    text = api.get("/metrics").text
+    assert metric(text, "codec_audio_seconds_total", operation="encode") >= 2.0
+    assert metric(text, "codec_errors_total", kind="invalid_audio") >= 1
+    assert metric(text, "codec_request_duration_seconds_count", route="/encode", status="200") >= 1
+    assert metric(text, "codec_requests_in_flight") == 1  # this request
+    assert metric(text, "codec_queue_wait_seconds_count", queue="encode") >= 1
+    api.app.state.draining = True
+    try:
+        assert_error(api.get("/readyz"), 503, "shutting down")
+    finally:
+        api.app.state.draining = False
+
+
+def test_concurrent_requests_form_batches(tiny_checkpoint):
+    clips = [audio_bytes(0.8 + 0.05 * i, seed=i) for i in range(6)]
+    with client(tiny_checkpoint, batch_max_wait_ms=300, max_batch_size=8) as batched:
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda c: batched.post("/encode", content=c, headers={"content-type": "audio/wav"}), clips))
+        text = batched.get("/metrics").text
+    assert all(r.status_code == 200 for r in responses)
+    batches = metric(text, "codec_batch_size_count", queue="encode")
+    assert metric(text, "codec_batch_size_sum", queue="encode") == 6 and batches < 6
+    # Padding can only change the last frames, within the encoder's reach past an item's end.
+    codec = Codec.load(tiny_checkpoint)
+    edge = -(-codec.model.encoder_context // codec.config.hop_length) + 1
+    for clip, response in zip(clips, responses):
+        alone = codec.encode_file(clip).codes[0]
+        assert torch.equal(torch.tensor(response.json()["codes"])[:, :-edge], alone[:, :-edge])
+
+
+def test_long_inputs_take_the_windowed_path(tiny_checkpoint):
+    data = audio_bytes(2.5, 16000, seed=4)
+    with client(tiny_checkpoint, batch_max_seconds=1.0) as windowed:
+        tokens = windowed.post("/encode", content=data, headers={"content-type": "audio/wav"}).json()
+        audio = windowed.post("/decode", json=tokens)
+    codec = Codec.load(tiny_checkpoint)
+    encoded = codec.encode_file(data)
+    assert tokens["codes"] == encoded.codes[0].tolist()
+    expected = codec.decode(encoded)[0, 0].numpy()
+    assert np.abs(sf.read(io.BytesIO(audio.content))[0] - np.clip(expected, -1, 1)).max() < 2e-4
+
+
+def test_full_queue_is_503_and_slow_answer_is_504(tiny_checkpoint):
+    raw = {"content-type": "audio/wav"}
+    with client(tiny_checkpoint, max_queue=1, batch_max_wait_ms=1000) as busy:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
+            time.sleep(0.3)
+            rejected = busy.post("/encode", content=audio_bytes(0.3), headers=raw)
+            assert first.result().status_code == 200
+        assert_error(rejected, 503, "busy")
+        assert rejected.headers["retry-after"] == "1"
+    with client(tiny_checkpoint, request_timeout_s=0.2, batch_max_wait_ms=2000) as slow:
+        assert_error(slow.post("/encode", content=audio_bytes(0.3), headers=raw), 504, "timed out")
+        assert metric(slow.get("/metrics").text, "codec_batch_size_count", queue="encode") == 0
+
+
+def test_a_client_that_disconnects_leaves_the_queue(tiny_checkpoint):
+    app = create_app(Settings(checkpoint=tiny_checkpoint, prior_checkpoint=None, batch_max_wait_ms=500))
+    body = audio_bytes(0.3)
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}  # the client is gone as soon as it has sent the body
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            sent.append(message["status"])
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/encode", "raw_path": b"/encode", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"audio/wav"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    with TestClient(app) as test_client:
+        test_client.portal.call(app, scope, receive, send)
+        time.sleep(0.7)
+        text = test_client.get("/metrics").text
+    assert sent[-1] == 499
+    assert metric(text, "codec_errors_total", kind="disconnected") == 1
+    assert metric(text, "codec_batch_size_count", queue="encode") == 0  # it never reached the model
+
+
+def test_sample_from_the_prior(api):
+    tokens = api.post("/sample", json={"seconds": 0.5, "temperature": 0.8, "top_k": 10, "seed": 3})
+    assert tokens.status_code == 200, tokens.text
+    codes = tokens.json()["codes"]
+    assert len(codes) == 4 and len(codes[0]) == 25
+    assert api.post("/sample", json={"seconds": 0.5, "temperature": 0.8, "top_k": 10, "seed": 3}).json()["codes"] == codes
+    prompt = [row[:5] for row in codes[:2]]
+    continued = api.post("/sample", json={"seconds": 0.2, "prompt": prompt}).json()
+    assert [row[:5] for row in continued["codes"]] == prompt and len(continued["codes"][0]) == 15
+    audio = api.post("/sample", json={"seconds": 0.4}, headers={"accept": "audio/wav"})
+    assert audio.headers["content-type"] == "audio/wav"
+    assert sf.read(io.BytesIO(audio.content))[0].shape == (0.4 * 16000,)
+    assert_error(api.post("/sample", json={"seconds": 0}), 422, "seconds")
+    assert_error(api.post("/sample", json={"seconds": 100}), 422, "at most 30")
+    assert_error(api.post("/sample", json={"seconds": 1, "top_k": 1000}), 422, "top_k")
+    assert_error(api.post("/sample", json={"seconds": 1, "prompt": [[1, 2]] * 5}), 422, "1 to 4 rows")
+    assert_error(api.post("/sample", json={"seconds": 1, "prompt": [[64]]}), 422, "[0, 64)")
+
+
+def test_sample_without_a_prior_is_503(tiny_checkpoint):
+    with client(tiny_checkpoint) as no_prior:
+        assert_error(no_prior.post("/sample", json={"seconds": 1}), 503, "no prior")
+        assert no_prior.get("/model").json()["prior"]["loaded"] is False
+
+
+def test_openapi_documents_every_route_with_examples(api):
+    schema = api.get("/openapi.json").json()
+    assert {"/encode", "/decode", "/sample", "/model", "/livez", "/readyz", "/metrics"} <= set(schema["paths"])
+    encode_body = schema["paths"]["/encode"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "audio/wav", "audio/flac", "audio/ogg"} <= set(encode_body)
+    assert "examples" in json.dumps(schema["components"]["schemas"]["Tokens"])
+
+
+def test_the_image_runs_the_command_make_serve_runs():
+    root = Path(__file__).resolve().parent.parent
+    image = json.loads(re.search(r"^CMD (\[.*\])$", (root / "Dockerfile").read_text(), re.M)[1])
+    serve = re.search(r"^serve:.*\n\t(.*)$", (root / "Makefile").read_text(), re.M)[1].split()
+    assert [Path(serve[0]).name, *serve[1:]] == image
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_half_precision_round_trip(tiny_checkpoint):
+    with client(tiny_checkpoint, device="auto", half=True) as gpu:
+        info = gpu.get("/model").json()
+        assert info["device"].startswith("cuda") and info["dtype"] == "float16"
+        tokens = gpu.post("/encode", content=audio_bytes(1.0), headers={"content-type": "audio/wav"}).json()
+        audio = gpu.post("/decode", json=tokens)
+        assert sf.read(io.BytesIO(audio.content))[0].shape == (16000,)
+
+
+def test_sigterm_fails_readiness_then_reaches_the_servers_handler():
+    app = create_app(Settings(prior_checkpoint=None))  # no lifespan: nothing is loaded
+    seen = []
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # stands in for uvicorn's
+    try:
+        restore = _fail_readiness_on_sigterm(app)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert app.state.draining and seen == [signal.SIGTERM]
+        restore()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM] * 2
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_request_in_flight(tiny_checkpoint, tmp_path):
+    env = {"CODEC_CHECKPOINT": str(tiny_checkpoint), "CODEC_PRIOR_CHECKPOINT": "", "CODEC_BATCH_MAX_WAIT_MS": "2000"}
+    with running_server(env, tmp_path / "server.log") as server:
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(response=httpx.post(
+            f"{server.url}/encode", content=audio_bytes(0.5), headers={"content-type": "audio/wav"}, timeout=30)))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while metric(httpx.get(f"{server.url}/metrics").text, "codec_queue_depth", queue="encode") < 1:
+            assert time.monotonic() < deadline, "the request never reached the queue"
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        try:  # draining: no longer ready (and soon not even listening)
+            assert httpx.get(f"{server.url}/readyz", timeout=2).status_code == 503
+        except httpx.TransportError:
+            pass
+        worker.join(30)
+        server.process.wait(30)
+    response = result["response"]
+    assert response.status_code == 200 and len(response.json()["codes"]) == 4
+    log = server.output()
+    assert "Waiting for connections to close" in log and "Application shutdown complete" in log
+    # uvicorn re-raises the SIGTERM it caught once it has shut down cleanly, so the exit status
+    # says "terminated by SIGTERM" (143 in a shell, what `docker stop` expects), not a crash.
+    assert server.process.returncode in (0, -signal.SIGTERM)
