@@ -32,10 +32,13 @@ class QuantizerConfig:
     num_levels: int = 12
     codebook_size: int = 1024
     dim: int = 128
+    # Codes are looked up among L2-normalised vectors of this size (DAC's factorized codes).
+    codebook_dim: int = 8
     commitment_weight: float = 0.25
-    # "ema": codebooks follow exponential moving averages of their assigned vectors (van den Oord
-    # et al. 2017, appendix; EnCodec). "loss": codebooks learn from the codebook loss by gradient.
-    update: str = "ema"
+    # "loss": codebooks learn from the codebook loss by gradient (van den Oord et al. 2017).
+    # "ema": they follow exponential moving averages of their assigned vectors (the paper's
+    # appendix; EnCodec).
+    update: str = "loss"
     ema_decay: float = 0.99
     # Entries whose EMA count falls below this fraction of the average entry's are restarted
     # from random vectors of the batch.
@@ -129,7 +132,7 @@ def tiny_config() -> CodecConfig:
     """A few-thousand-parameter model for tests: same structure, small widths."""
     return CodecConfig(
         encoder=EncoderConfig(channels=32, dilations=(1, 3), latent_dim=16),
-        quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16),
+        quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16, codebook_dim=4),
         decoder=DecoderConfig(channels=32, dilations=(1, 2, 4), skip_channels=32),
         name="vqcodec-tiny",
     )

@@ -1,10 +1,13 @@
 """Residual vector quantization with straight-through gradients (VQ-VAE, van den Oord et al. 2017).
 
 Each level replaces its input by the nearest entry of a codebook; the next level quantizes what is
-left. Codebooks are initialised by k-means on the first training batch, follow exponential moving
-averages of the vectors assigned to them (or learn from the codebook loss, a config switch), and
-entries that fall out of use are restarted from vectors of the current batch. Training drops the
-upper levels for a random part of each batch, so that one model serves every bitrate.
+left. Each level looks its codes up in a small projected space (`codebook_dim`, 8 by default)
+with L2-normalised vectors, as in DAC's factorized codes: an encoder cannot shrink its latents
+into a corner of the space, which is how plain VQ codebooks collapse onto a handful of entries.
+Codebooks are initialised by k-means on the first training batch, learn from the codebook loss
+(or follow exponential moving averages of their assigned vectors, a config switch), and entries
+that fall out of use are restarted from vectors of the current batch. Training drops the upper
+levels for a random part of each batch, so that one model serves every bitrate.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _kmeans(samples: torch.Tensor, k: int, iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on samples [M, D]; returns centroids [k, D] and cluster sizes [k]."""
+    """Lloyd's k-means on samples [M, d]; returns centroids [k, d] and cluster sizes [k]."""
     index = torch.randint(0, samples.shape[0], (k,), device=samples.device)
     centroids = samples[index].clone()
     for _ in range(iterations):
@@ -57,49 +60,54 @@ def _kmeans(samples: torch.Tensor, k: int, iterations: int = 10) -> tuple[torch.
 
 
 class VectorQuantizer(nn.Module):
-    """One codebook of `codebook_size` entries of dimension `dim`."""
+    """One level: project [B, D, N] to `codebook_dim`, pick the nearest of `codebook_size` entries."""
 
     def __init__(self, config: QuantizerConfig):
         super().__init__()
         self.config = config
-        size, dim = config.codebook_size, config.dim
+        size, dim = config.codebook_size, config.codebook_dim
+        self.in_proj = nn.Conv1d(config.dim, dim, 1)
+        self.out_proj = nn.Conv1d(dim, config.dim, 1)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # EMA of how many vectors each entry wins per step: drives dead-code restarts.
+        self.register_buffer("cluster_size", torch.zeros(size))
         if config.update == "ema":
             self.register_buffer("codebook", torch.randn(size, dim))
-            self.register_buffer("cluster_size", torch.zeros(size))
             self.register_buffer("embed_sum", torch.zeros(size, dim))
         elif config.update == "loss":
             self.codebook = nn.Parameter(torch.randn(size, dim))
         else:
             raise ValueError(f"unknown codebook update rule {config.update!r}")
 
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest entry for each vector of x [M, D] -> [M]."""
-        codebook = self.codebook.to(x.dtype)
-        distance = (
-            x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None, :]
-        )
-        return distance.argmin(dim=1)
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest entry (by cosine) for each projected vector of z [M, d] -> [M]."""
+        return (F.normalize(z, dim=1) @ F.normalize(self.codebook.to(z.dtype), dim=1).t()).argmax(dim=1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codebook vectors for codes [B, N] -> [B, D, N]."""
+        """Projected codebook vectors for codes [B, N] -> [B, d, N]."""
         return F.embedding(codes, self.codebook).transpose(1, 2)
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, N] -> this level's contribution [B, D, N]."""
+        return self.out_proj(self.lookup(codes))
+
     @torch.no_grad()
-    def _initialize(self, x: torch.Tensor) -> None:
-        centroids, sizes = _kmeans(x.float(), self.config.codebook_size)
+    def _initialize(self, z: torch.Tensor) -> None:
+        centroids, sizes = _kmeans(F.normalize(z.float(), dim=1), self.config.codebook_size)
         self.codebook.data.copy_(_broadcast(centroids))
+        self.cluster_size.copy_(_broadcast(sizes))
         if self.config.update == "ema":
-            self.cluster_size.copy_(_broadcast(sizes))
             self.embed_sum.copy_(self.codebook * self.cluster_size[:, None])
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+    def _update_statistics(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         decay = self.config.ema_decay
         counts = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).float())
-        sums = _all_reduce(torch.zeros_like(self.embed_sum).index_add_(0, codes, x.float()))
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        if self.config.update != "ema":
+            return
+        sums = _all_reduce(torch.zeros_like(self.embed_sum).index_add_(0, codes, z.float()))
         self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
         # Laplace smoothing keeps rare entries from dividing by ~0.
         total = self.cluster_size.sum()
@@ -108,9 +116,7 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_dead_codes(self, x: torch.Tensor) -> None:
-        if self.config.update != "ema":
-            return
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
         # Dead means used far less than the average entry. A relative threshold does not depend on
         # the batch size, the number of processes or how many items use this level.
         average = self.cluster_size.mean()
@@ -119,34 +125,36 @@ class VectorQuantizer(nn.Module):
         if num_dead == 0:
             return
         # The same replacement vectors on every rank keep the codebooks identical under DDP.
-        replacement = x[torch.randint(0, x.shape[0], (num_dead,), device=x.device)].float()
+        replacement = z[torch.randint(0, z.shape[0], (num_dead,), device=z.device)].float()
         replacement = _broadcast(replacement.contiguous())
         # A restarted entry starts with an average count, so it has time to win vectors before
         # it could be declared dead again.
-        self.codebook[dead] = replacement
+        self.codebook.data[dead] = replacement
         self.cluster_size[dead] = average
-        self.embed_sum[dead] = replacement * average
+        if self.config.update == "ema":
+            self.embed_sum[dead] = replacement * average
 
-    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantize x [B, D, N]; returns (quantized [B, D, N] without straight-through, codes [B, N]).
-
-        `active` [B] (bool) marks the items that use this level; only they update the codebook.
-        """
-        batch, dim, frames = x.shape
-        flat = x.transpose(1, 2).reshape(-1, dim)
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
+        """Quantize x [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
+        [B, N], commitment loss [B], codebook loss [B]). `active` [B] (bool) marks the items that
+        use this level; only they update the codebook."""
+        z = self.in_proj(x)  # [B, d, N]
+        batch, dim, frames = z.shape
+        flat = z.transpose(1, 2).reshape(-1, dim)
+        if self.training and not bool(self.initialized):
+            self._initialize(flat.detach())
+        codes = self.nearest(flat.detach()).view(batch, frames)
         if self.training:
-            selected = flat if active is None else x.transpose(1, 2)[active].reshape(-1, dim)
-            if not bool(self.initialized):
-                self._initialize(flat.detach())
-        codes = self.nearest(flat.detach())
-        if self.training and self.config.update == "ema":
-            selected_codes = codes.view(batch, frames)
-            if active is not None:
-                selected_codes = selected_codes[active]
-            self._ema_update(selected.detach(), selected_codes.reshape(-1))
-            self._restart_dead_codes(selected.detach() if selected.shape[0] else flat.detach())
-        codes = codes.view(batch, frames)
-        return self.lookup(codes), codes
+            selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
+            selected_codes = codes[active] if active is not None else codes
+            self._update_statistics(selected.reshape(-1, dim).detach(), selected_codes.reshape(-1))
+            # Replacements come from all items' vectors: never empty, on any rank.
+            self._restart_dead_codes(flat.detach())
+        z_q = self.lookup(codes)
+        commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
+        codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else torch.zeros_like(commitment)
+        # Straight-through: the forward pass sees the codebook vector, the backward pass the identity.
+        return self.out_proj(z + (z_q - z).detach()), codes, commitment, codebook_loss
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -176,28 +184,23 @@ class ResidualVectorQuantizer(nn.Module):
         codes, commitment, codebook_loss = [], x.new_zeros(()), x.new_zeros(())
         for index, level in enumerate(self.levels[:used]):
             active = levels > index
-            q, c = level(residual, active if self.training else None)
-            mask = active.to(x.dtype)[:, None, None]
+            out, c, commit, book = level(residual, active if self.training else None)
+            mask = active.to(x.dtype)
             weight = mask.mean().clamp_min(1e-8)
-            error = (residual.detach() - q).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else None
-            commitment = commitment + ((residual - q.detach()).pow(2).mean(dim=(1, 2)) * mask[:, 0, 0]).mean() / weight
-            if error is not None:
-                codebook_loss = codebook_loss + (error * mask[:, 0, 0]).mean() / weight
-            quantized = quantized + q * mask
-            residual = residual - q.detach() * mask
+            commitment = commitment + (commit * mask).mean() / weight
+            codebook_loss = codebook_loss + (book * mask).mean() / weight
+            quantized = quantized + out * mask[:, None, None]
+            residual = residual - out * mask[:, None, None]
             codes.append(c)
-        # Straight-through: the forward pass sees the codebook vectors, the backward pass the
-        # identity; codebooks learn only from EMA or the codebook loss, never from reconstruction.
-        quantized_st = x + (quantized - x).detach()
         return QuantizedResult(
-            quantized=quantized_st if self.training else quantized,
+            quantized=quantized,
             codes=torch.stack(codes, dim=1),
             commitment_loss=commitment * self.config.commitment_weight,
             codebook_loss=codebook_loss,
         )
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Sum of the codebook vectors of codes [B, K, N] -> [B, D, N]; K may be fewer than all levels."""
+        """Sum of the levels' vectors for codes [B, K, N] -> [B, D, N]; K may be fewer than all levels."""
         if codes.shape[1] > self.config.num_levels:
             raise ValueError(f"codes have {codes.shape[1]} levels, the model has {self.config.num_levels}")
-        return sum(level.lookup(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]]))
+        return sum(level.decode(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]]))

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# Model card: {codec.model_id}",
         "",
         "A VQ-VAE speech and audio codec: STFT-fed convolutional encoder, 12-level residual vector",
-        "quantizer (1024 entries a level, EMA codebooks), WaveNet decoder with an inverse-STFT head.",
+        "quantizer (1024 entries a level, factorized 8-d codes learned by codebook loss), WaveNet decoder
+with an inverse-STFT head.",
         "",
         f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
