@@ -42,7 +42,7 @@ class QuantizerConfig:
     ema_decay: float = 0.99
     # Entries whose EMA count falls below this fraction of the average entry's are restarted
     # from random vectors of the batch.
-    dead_code_threshold: float = 0.03
+    dead_code_threshold: float = 0.1
     # Probability that a training item is quantized with a random number of levels.
     level_dropout: float = 0.5
 
@@ -132,7 +132,7 @@ def tiny_config() -> CodecConfig:
     """A few-thousand-parameter model for tests: same structure, small widths."""
     return CodecConfig(
         encoder=EncoderConfig(channels=32, dilations=(1, 3), latent_dim=16),
-        quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16, codebook_dim=4),
+        quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16, codebook_dim=8),
         decoder=DecoderConfig(channels=32, dilations=(1, 2, 4), skip_channels=32),
         name="vqcodec-tiny",
     )
