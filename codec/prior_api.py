@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from contextlib import contextmanager
@@ -171,7 +172,7 @@ class TokenPrior:
         return codes
 
     def _identity(self) -> bytes:
-        return bytes.fromhex(self.model_id.split(":")[-1][:12].ljust(12, "0"))
+        return hashlib.sha256(self.model_id.encode()).digest()[:6]
 
 
 @contextmanager
