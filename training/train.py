@@ -71,18 +71,18 @@ class TrainConfig:
     save_every: int = 500  # steps between resumable states (and last.safetensors)
 
 
-def parse_config(argv: list[str]) -> TrainConfig:
-    config = TrainConfig()
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+def parse_overrides(config, argv: list[str]):
+    """A copy of the dataclass `config` with `--field value` (or `--field=value`) overrides."""
+    fields = {f.name for f in dataclasses.fields(config)}
     overrides = {}
     it = iter(argv)
     for arg in it:
-        if not arg.startswith("--"):
-            raise SystemExit(f"unexpected argument {arg!r}; options are --field value")
-        key = arg[2:].split("=", 1)[0]
-        value = arg.split("=", 1)[1] if "=" in arg else next(it)
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         if key not in fields:
-            raise SystemExit(f"unknown option --{key}; options: {', '.join(fields)}")
+            raise SystemExit(f"unknown argument {arg!r}; options: {', '.join('--' + f for f in sorted(fields))}")
+        value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+        if value is None:
+            raise SystemExit(f"--{key} needs a value")
         current = getattr(config, key)
         if isinstance(current, bool):
             overrides[key] = value.lower() in ("1", "true", "yes")
@@ -91,6 +91,10 @@ def parse_config(argv: list[str]) -> TrainConfig:
         else:
             overrides[key] = type(current)(value)
     return dataclasses.replace(config, **overrides)
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    return parse_overrides(TrainConfig(), argv)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

@@ -11,7 +11,6 @@ Any PriorTrainConfig field can be overridden as `--field value`. Resumes exactly
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ from codec.prior import PriorConfig, TokenPriorModel, bits
 from codec.prior_api import TokenPrior
 from codec.tokenize import load_tokens
 from training.state import load_training_state, save_training_state
-from training.train import learning_rate_factor
+from training.train import learning_rate_factor, parse_overrides
 
 
 @dataclass
@@ -59,15 +58,7 @@ class PriorTrainConfig:
 
 
 def parse_config(argv: list[str]) -> PriorTrainConfig:
-    fields = {f.name: f for f in dataclasses.fields(PriorTrainConfig)}
-    config, overrides, it = PriorTrainConfig(), {}, iter(argv)
-    for arg in it:
-        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-        if key not in fields:
-            raise SystemExit(f"unknown argument {arg!r}; options: {', '.join('--' + f for f in fields)}")
-        value = arg.split("=", 1)[1] if "=" in arg else next(it)
-        overrides[key] = type(getattr(config, key))(value)
-    return dataclasses.replace(config, **overrides)
+    return parse_overrides(PriorTrainConfig(), argv)
 
 
 def token_stream(directory: str) -> torch.Tensor:
