@@ -42,10 +42,14 @@ class ISTFTHead(nn.Module):
         self.proj = nn.Conv1d(channels, n_fft + 2, 1)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames [B, C, M] -> complex spectrum [B, n_fft // 2 + 1, M]; on the scale of
+        `analysis_stft` of the waveform it synthesises (Hann analysis window, same hop)."""
         log_magnitude, phase = self.proj(x).float().chunk(2, dim=1)
-        magnitude = torch.exp(log_magnitude.clamp(max=8.0))
-        spec = torch.polar(magnitude, phase)
+        return torch.polar(torch.exp(log_magnitude.clamp(max=8.0)), phase)
+
+    def synthesize(self, spec: torch.Tensor) -> torch.Tensor:
+        """Complex spectrum [B, F, M] -> waveform [B, 1, M * hop] by windowed overlap-add."""
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[None, :, None]  # [B, n_fft, M]
         num_frames = frames.shape[-1]
         length = (num_frames - 1) * self.hop + self.n_fft
@@ -62,7 +66,19 @@ class ISTFTHead(nn.Module):
         pad = (self.n_fft - self.hop) // 2
         signal = signal[..., pad : pad + num_frames * self.hop]
         envelope = envelope[..., pad : pad + num_frames * self.hop]
-        return (signal / envelope.clamp_min(1e-8)).reshape(x.shape[0], 1, -1)
+        return (signal / envelope.clamp_min(1e-8)).reshape(spec.shape[0], 1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.synthesize(self.spectrum(x))
+
+
+def analysis_stft(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """The STFT that `ISTFTHead.synthesize` inverts: wav [B, 1, M * hop] -> [B, n_fft // 2 + 1, M],
+    frame m centred on samples m*hop .. (m+1)*hop, Hann window, zeros beyond the ends."""
+    pad = (n_fft - hop) // 2
+    padded = nn.functional.pad(wav[:, 0], (pad, n_fft - hop - pad))
+    window = torch.hann_window(n_fft, device=wav.device, dtype=padded.dtype)
+    return torch.stft(padded, n_fft, hop, window=window, center=False, return_complex=True)
 
 
 class Decoder(nn.Module):
@@ -84,15 +100,19 @@ class Decoder(nn.Module):
         )
         self.head = ISTFTHead(config.skip_channels, config.n_fft, hop_length // u)
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents [B, D, N] -> waveform [B, 1, N * hop_length]."""
+    def spectrum(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, D, N] -> the head's complex spectrum [B, n_fft // 2 + 1, N * upsample]."""
         cond = self.upsample(self.input(latents))
         x = cond
         skips = 0
         for layer in self.layers:
             x, skip = layer(x, cond)
             skips = skips + skip
-        return self.head(self.post(skips * math.sqrt(1.0 / len(self.layers))))
+        return self.head.spectrum(self.post(skips * math.sqrt(1.0 / len(self.layers))))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, D, N] -> waveform [B, 1, N * hop_length]."""
+        return self.head.synthesize(self.spectrum(latents))
 
     def receptive_field(self, hop_length: int) -> int:
         """Samples either side of a code frame that it can influence (an upper bound)."""

@@ -20,6 +20,9 @@ class CodecOutput:
     codes: torch.Tensor  # [B, K, N]
     commitment_loss: torch.Tensor  # scalar
     codebook_loss: torch.Tensor  # scalar
+    # The decoder head's complex spectrum [B, F, M] before synthesis, on the scale of
+    # codec.decoder.analysis_stft of the (padded) input: phase and magnitude losses compare them.
+    spectrum: torch.Tensor
 
 
 class CodecModel(nn.Module):
@@ -54,8 +57,9 @@ class CodecModel(nn.Module):
         """Reconstruct wav [B, 1, T]; training draws a random number of levels per item."""
         length = wav.shape[-1]
         q = self.quantizer(self.encoder(self._pad(wav)), num_levels)
-        audio = self.decoder(q.quantized)[..., :length]
-        return CodecOutput(audio, q.codes, q.commitment_loss, q.codebook_loss)
+        spectrum = self.decoder.spectrum(q.quantized)
+        audio = self.decoder.head.synthesize(spectrum)[..., :length]
+        return CodecOutput(audio, q.codes, q.commitment_loss, q.codebook_loss, spectrum)
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, num_levels: int | None = None) -> torch.Tensor:

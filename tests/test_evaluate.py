@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import harmonic_signal
 
 from training import evaluate
@@ -69,6 +70,11 @@ def test_opus_bandwidth_is_read_from_the_toc_bytes():
     assert opus_bandwidths(opus_audio_packets(data)) == {"SILK WB": 2, "CELT FB": 1}
 
 
+def load_16k(path):
+    audio = torch.from_numpy(evaluate.load_audio(str(path)))
+    return audio[None], 16000
+
+
 def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys):
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
@@ -94,5 +100,12 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     assert float(summary[0]["payload_kbps"]) == pytest.approx(0.6)
     for name in ("rate_distortion.png", "spectrograms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Codebook usage over both files with all 4 levels: the same counts as encoding them directly.
+    with (out / "usage.csv").open() as handle:
+        usage = list(csv.DictReader(handle))
+    assert [int(u["level"]) for u in usage] == [0, 1, 2, 3]
+    codes = torch.cat([tiny_codec.encode(*load_16k(clips / name)).codes for name in ("a.wav", "b.flac")], dim=-1)
+    for u, row in zip(usage, codes[0]):
+        assert float(u["used_fraction"]) == pytest.approx(len(row.unique()) / 64, abs=1e-4)
     printed = capsys.readouterr().out
-    assert "PESQ-WB" in printed and "2 files" in printed
+    assert "PESQ-WB" in printed and "2 files" in printed and "codebook usage" in printed

@@ -12,8 +12,11 @@ from training.discriminators import (
     MultiPeriodDiscriminator,
     MultiResolutionSTFTDiscriminator,
 )
+from codec.decoder import ISTFTHead, analysis_stft
 from training.losses import (
+    HeadSpectrumLoss,
     MelLoss,
+    anti_wrap,
     MultiResolutionSTFTLoss,
     discriminator_loss,
     feature_matching_loss,
@@ -161,3 +164,32 @@ def test_gan_losses_train_end_to_end_on_discriminator_outputs():
     )
     g_loss.backward()
     assert torch.isfinite(x_hat.grad).all() and x_hat.grad.abs().sum() > 0
+
+
+def test_analysis_stft_is_what_the_istft_head_inverts():
+    head = ISTFTHead(channels=4, n_fft=256, hop=64)
+    x = _target()
+    assert torch.allclose(head.synthesize(analysis_stft(x, 256, 64)), x, atol=1e-5)
+
+
+def test_anti_wrap_is_the_distance_between_phases():
+    x = torch.tensor([0.0, 0.5, -0.5, 2 * math.pi, 2 * math.pi + 0.25, math.pi - 0.1, -3 * math.pi + 0.1])
+    assert torch.allclose(anti_wrap(x), torch.tensor([0.0, 0.5, 0.5, 0.0, 0.25, math.pi - 0.1, math.pi - 0.1]), atol=1e-5)
+
+
+def test_head_spectrum_loss_zero_for_the_reference_and_grows_with_phase_error():
+    x = _target()
+    loss = HeadSpectrumLoss(256, 64)
+    reference = analysis_stft(x, 256, 64)
+    exact = loss(reference, x)
+    assert exact["head"].item() < 1e-4 and exact["phase"].item() < 1e-3
+    # A constant phase shift leaves the group delay and instantaneous frequency alone.
+    shifted = loss(reference * torch.polar(torch.ones(()), torch.tensor(0.7)), x)
+    assert shifted["head"].item() < 1e-4 and shifted["phase"].item() == pytest.approx(0.7, abs=1e-3)
+    # Random phases cost more, and their gradient reaches the estimate.
+    g = torch.Generator().manual_seed(0)
+    phase = (2 * math.pi * torch.rand(reference.shape, generator=g)).requires_grad_()
+    noisy = loss(torch.polar(reference.abs(), phase), x)
+    assert noisy["phase"].item() > 2.0
+    noisy["phase"].backward()
+    assert phase.grad.abs().sum() > 0

@@ -3,6 +3,7 @@ exact and rejects damage, and the bulk tokenizer resumes and parallelises withou
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from codec.api import Codec
 from codec.errors import CorruptStreamError
 from codec.prior import PriorConfig, TokenPriorModel
 from codec.prior_api import TokenPrior
@@ -142,3 +144,26 @@ def test_two_process_tokenize_matches_one_process(tiny_codec, tmp_path):
     assert len(a) == len(b) == 7
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert json.loads((tmp_path / "two" / "index.json").read_text())["files"] == 6
+
+
+def test_prior_evaluation_reports_exact_coding_and_real_file_sizes(tiny_corpus, tiny_checkpoint, tiny_prior_checkpoint, tmp_path, capsys):
+    from training import evaluate_prior
+    from training.data import read_manifest
+
+    out = tmp_path / "eval"
+    evaluate_prior.main(["--manifest", str(tiny_corpus), "--split", "val", "--codec", str(tiny_checkpoint),
+                         "--prior", str(tiny_prior_checkpoint), "--bitrates", "0.6,1.2", "--out", str(out), "--threads", "1"])
+    with (out / "prior.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
+    clips = read_manifest(tiny_corpus, "val")
+    assert [int(r["levels"]) for r in rows] == [2, 4]
+    for row, kbps in zip(rows, (0.6, 1.2)):
+        assert int(row["coded_files"]) == len(clips) == int(row["exact_files"])
+        # Sizes are those of the real files, header included.
+        encoded = [codec.encode_file(c.path, bitrate=kbps) for c in clips]
+        assert int(row["packed_file_bytes"]) == sum(len(codec.to_bytes(e)) for e in encoded)
+        bits = sum(prior.cross_entropy(e.codes) * e.codes.numel() for e in encoded)
+        assert float(row["bits_per_token"]) == pytest.approx(bits / sum(e.codes.numel() for e in encoded), rel=1e-3)
+        assert int(row["entropy_file_bytes"]) > 0
+    assert "bits/token" in capsys.readouterr().out

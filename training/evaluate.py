@@ -7,8 +7,8 @@
 Every system is charged the size of the file it writes (ours: the codec.bitstream file, header
 included; Opus: the Ogg file; Codec2: the .c2 file). Each output is aligned with its input
 (training.metrics.align) and scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
-Writes per_file.csv, summary.csv, rate_distortion.png and spectrograms.png to --out and prints
-the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
+Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over all the files),
+rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torchaudio.functional as AF
 from tqdm import tqdm
 
 from codec import Codec
+from codec.usage import LevelUsage, codebook_usage
 from training import plots
 from training.baselines import SAMPLE_RATE, System, build_systems
 from training.data import read_manifest
@@ -240,6 +241,23 @@ def render_examples(systems: list[System], files: list[AudioFile], count: int, m
     return examples
 
 
+def measure_usage(codec: Codec, files: list[AudioFile]) -> list[LevelUsage]:
+    """Codebook usage per level over all the files, coded with every level."""
+    levels = codec.config.quantizer.num_levels
+    codes = []
+    for file in tqdm(files, desc="codebook usage", unit="file"):
+        encoded = codec.encode(torch.from_numpy(load_audio(file.path))[None], SAMPLE_RATE, bitrate=None)
+        codes.append(encoded.codes[:, :levels])
+    return codebook_usage(torch.cat(codes, dim=-1), codec.config.quantizer.codebook_size)
+
+
+def format_usage(usage: list[LevelUsage], codebook_size: int) -> str:
+    lines = [f"codebook usage over all files ({codebook_size} entries per level):",
+             "level  used   perplexity"]
+    lines += [f"{u.level + 1:>5}  {100 * u.used_fraction:4.1f}%  {u.perplexity:10.1f}" for u in usage]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     start = time.perf_counter()
     out = Path(args.out)
@@ -274,11 +292,16 @@ def run(args: argparse.Namespace) -> list[dict]:
     minutes = sum(f.seconds for f in files) / 60
     plots.rate_distortion(summary, out / "rate_distortion.png", f"{len(files)} files, {minutes:.1f} min")
     plots.spectrograms(render_examples(systems, files, args.examples, max_lag_s), out / "spectrograms.png")
+    usage = measure_usage(codec, files) if codec is not None else []
+    if usage:
+        write_csv(out / "usage.csv", [asdict(u) for u in usage])
 
     print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
           "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
           "header, all included); payload = the coded frames alone; lag = median delay removed")
     print(format_table(summary))
+    if usage:
+        print("\n" + format_usage(usage, codec.config.quantizer.codebook_size))
     elapsed = time.perf_counter() - start
     print(f"\ncodec time {sum(s['codec_s'] for s in summary):.1f} s, scoring time "
           f"{sum(s['score_s'] for s in summary):.1f} s (summed over jobs), wall {elapsed:.1f} s "

@@ -7,6 +7,13 @@ and return a scalar tensor. Facts carried over from the reference implementation
 - Multi-scale log10-mel L1 with hop = window // 4, mel clamp 1e-5, slaney mel filters, summed
   over scales (DAC `MelSpectrogramLoss` with its base.yml settings: pow 1, mag_weight 0).
   Summing keeps DAC's loss weight (15) meaningful.
+- Losses on the decoder head's own spectrum, before synthesis: log-magnitude L1 against the STFT
+  that the head inverts, and APNet's phase losses (Ai and Ling 2023): instantaneous phase, group
+  delay (phase difference across frequency) and instantaneous angular frequency (difference across
+  time), each through the anti-wrapping function |x - 2 pi round(x / 2 pi)|. Without them an
+  iSTFT head trained on magnitude losses alone settled on large, random-phase spectra whose
+  overlap-add cancels into smeared noise (PESQ 1.1 after 3000 steps). Unlike APNet, the phase
+  errors are weighted by the reference magnitude, since the phase of a silent bin is noise.
 - Least-squares adversarial losses (HiFi-GAN, DAC), feature matching normalised by the mean
   magnitude of the real features (EnCodec). Unlike HiFi-GAN/DAC, which sum, the GAN terms are
   averaged over sub-discriminators (as audiocraft does), so weights do not depend on how many
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from codec.decoder import analysis_stft
 from training.discriminators import DiscriminatorOutput
 
 LOG_CLAMP = 1e-5
@@ -133,6 +141,44 @@ class MelLoss(nn.Module):
             mel_hat, mel = log_mel(x_hat, window, hop, fbank), log_mel(x, window, hop, fbank)
             total = total + F.l1_loss(mel_hat, mel)
         return total
+
+
+def anti_wrap(x: Tensor) -> Tensor:
+    """|x| after wrapping x into [-pi, pi]: the distance between two phases."""
+    return (x - 2 * torch.pi * torch.round(x / (2 * torch.pi))).abs()
+
+
+def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    return (values * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+class HeadSpectrumLoss(nn.Module):
+    """Log-magnitude and phase losses between the head's spectrum and the reference's STFT."""
+
+    def __init__(self, n_fft: int, hop: int):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+
+    def forward(self, spectrum: Tensor, x: Tensor) -> dict[str, Tensor]:
+        """spectrum [B, F, M] complex, x [B, 1, T] with T <= M * hop -> {"head": log-magnitude
+        L1, "phase": instantaneous phase + group delay + instantaneous frequency errors}."""
+        frames = spectrum.shape[-1]
+        x = F.pad(x, (0, frames * self.hop - x.shape[-1]))
+        reference = analysis_stft(x.float(), self.n_fft, self.hop)
+        magnitude = reference.abs()
+        log_mag = F.l1_loss(spectrum.abs().clamp_min(LOG_CLAMP).log(), magnitude.clamp_min(LOG_CLAMP).log())
+
+        # Phases come from angle(); a zero bin has angle 0 and a zero weight.
+        phase, target = spectrum.angle(), reference.angle()
+        weight = magnitude.detach()
+        instantaneous = _weighted_mean(anti_wrap(phase - target), weight)
+        group_delay = _weighted_mean(
+            anti_wrap(phase.diff(dim=1) - target.diff(dim=1)), (weight[:, 1:] * weight[:, :-1]).sqrt()
+        )
+        frequency = _weighted_mean(
+            anti_wrap(phase.diff(dim=2) - target.diff(dim=2)), (weight[..., 1:] * weight[..., :-1]).sqrt()
+        )
+        return {"head": log_mag, "phase": instantaneous + group_delay + frequency}
 
 
 @functools.lru_cache(maxsize=8)

@@ -31,6 +31,7 @@ from codec.model import CodecModel, build_model
 from training.data import CropSampler, load_validation, read_manifest
 from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (
+    HeadSpectrumLoss,
     MelLoss,
     MultiResolutionSTFTLoss,
     discriminator_loss,
@@ -61,7 +62,8 @@ class TrainConfig:
     kind_weights: dict = field(default_factory=lambda: {"speech": 0.65, "tts": 0.1, "music": 0.25})
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
-        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0}
+        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "commitment": 1.0,
+                                 "codebook": 1.0, "adv": 1.0, "feat": 2.0}
     )
     adversarial: bool = False  # switch the GAN losses on (costs ~3x the compute per step)
     adversarial_start: int = 0  # step at which the discriminator starts
@@ -122,10 +124,11 @@ def learning_rate_factor(config: TrainConfig):
 class Losses:
     """The named losses of one step, weighted by the config's lambdas."""
 
-    def __init__(self, config: TrainConfig, sample_rate: int, device: torch.device):
+    def __init__(self, config: TrainConfig, model: CodecModel, device: torch.device):
         self.lambdas = config.lambdas
-        self.mel = MelLoss(sample_rate).to(device)
+        self.mel = MelLoss(model.sample_rate).to(device)
         self.stft = MultiResolutionSTFTLoss().to(device)
+        self.head = HeadSpectrumLoss(model.decoder.head.n_fft, model.decoder.head.hop)
 
     def reconstruction(self, output, wav) -> dict[str, torch.Tensor]:
         losses = {}
@@ -133,6 +136,8 @@ class Losses:
             losses["mel"] = self.mel(output.audio, wav)
         if self.lambdas.get("stft", 0):
             losses["stft"] = self.stft(output.audio, wav)
+        if self.lambdas.get("head", 0) or self.lambdas.get("phase", 0):
+            losses.update(self.head(output.spectrum, wav))
         losses["commitment"] = output.commitment_loss
         losses["codebook"] = output.codebook_loss
         return losses
@@ -169,7 +174,7 @@ def train(config: TrainConfig) -> None:
     segment = int(config.segment_seconds * model_config.sample_rate)
     sampler = CropSampler(train_clips, model_config.sample_rate, segment, config.kind_weights, config.seed * 1000 + rank, progress=rank == 0)
     val_clips = load_validation(read_manifest(config.manifest, "val", ("speech",)), model_config.sample_rate, config.val_seconds) if rank == 0 else []
-    losses_fn = Losses(config, model_config.sample_rate, device)
+    losses_fn = Losses(config, model, device)
 
     # Rank 0 keeps the weights and optimizer state; every rank keeps its own random states.
     state_path = run_dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
