@@ -43,6 +43,10 @@ class QuantizerConfig:
     # Entries whose EMA count falls below this fraction of the average entry's are restarted
     # from random vectors of the batch.
     dead_code_threshold: float = 0.1
+    # A training batch whose vectors use fewer distinct entries than this at one level means the
+    # level's projection has collapsed onto one direction; it is then centred and re-initialised.
+    # 0 switches the check off.
+    collapse_codes: int = 8
     # Probability that a training item is quantized with a random number of levels.
     level_dropout: float = 0.5
 

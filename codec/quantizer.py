@@ -69,6 +69,8 @@ class VectorQuantizer(nn.Module):
         self.in_proj = nn.Conv1d(config.dim, dim, 1)
         self.out_proj = nn.Conv1d(dim, config.dim, 1)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # Times this level was found collapsed and re-initialised (see _restart_collapsed_level).
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long), persistent=False)
         # EMA of how many vectors each entry wins per step: drives dead-code restarts.
         self.register_buffer("cluster_size", torch.zeros(size))
         if config.update == "ema":
@@ -116,6 +118,26 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
+    def _restart_collapsed_level(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
+        """If this batch's vectors all fall on a handful of entries, the projection has collapsed:
+        its output is dominated by one constant direction (a shared offset of the residual), so
+        every vector has the same cosine neighbour and restarting entries from those vectors
+        cannot help. Then centre the projection on this batch (subtract the mean vector from its
+        bias) and re-run the k-means initialisation; return the new projected vectors."""
+        minimum = self.config.collapse_codes
+        if not minimum or flat.shape[0] < 8 * minimum:
+            return None
+        distinct = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).clamp_max(1).float())
+        if int((distinct > 0).sum()) >= minimum:
+            return None
+        mean = _all_reduce(flat.float().mean(dim=0)) / (dist.get_world_size() if _distributed() else 1)
+        self.in_proj.bias.data -= mean.to(self.in_proj.bias.dtype)
+        self.restarts.add_(1)
+        centred = flat - mean.to(flat.dtype)
+        self._initialize(centred)
+        return centred
+
+    @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
         # Dead means used far less than the average entry. A relative threshold does not depend on
         # the batch size, the number of processes or how many items use this level.
@@ -144,6 +166,10 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._initialize(flat.detach())
         codes = self.nearest(flat.detach()).view(batch, frames)
+        if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)) is not None:
+            z = self.in_proj(x)  # recomputed through the centred projection, for its gradients
+            flat = z.transpose(1, 2).reshape(-1, dim)
+            codes = self.nearest(flat.detach()).view(batch, frames)
         if self.training:
             selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
             selected_codes = codes[active] if active is not None else codes

@@ -247,6 +247,7 @@ def train(config: TrainConfig) -> None:
         if rank == 0 and step % config.log_every == 0:
             record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]}
             record.update({f"{k}/loss": v.item() for k, v in losses.items()})
+            record["level_restarts"] = [int(level.restarts) for level in model.quantizer.levels]  # this process
             record["time"] = round(elapsed + time.time() - started, 1)
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
