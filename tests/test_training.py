@@ -75,3 +75,31 @@ def test_two_process_ddp_ranks_agree(tiny_corpus, tmp_path):
     assert digests["0"] == digests["1"]
     # and the run really trained: the saved weights differ from a fresh initialisation
     assert (tmp_path / "state.rank1.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(tiny_corpus, tmp_path, monkeypatch):
+    from training import export
+
+    tiny_run(tiny_corpus, tmp_path / "first", steps=10)
+    tiny_run(tiny_corpus, tmp_path / "second", steps=6, init_from=str(tmp_path / "first" / "last.safetensors"))
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "summary.csv").write_text("family,setting,pesq_wb\nours,1.5 kbps,1.234\n")
+    (evaluation / "usage.csv").write_text("level,used_fraction,perplexity\n0,0.9,50.0\n")
+    assets = tmp_path / "assets"
+    monkeypatch.setattr(export, "ASSETS", assets)
+    monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
+    export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
+                 "--init-run", str(tmp_path / "first"), "--eval", str(evaluation)])
+
+    shipped = Codec.load(assets / "codec.safetensors")
+    trained = Codec.load(tmp_path / "second" / "last.safetensors")
+    assert (assets / "codec.safetensors").stat().st_size < 0.6 * (tmp_path / "second" / "last.safetensors").stat().st_size
+    for (name, x), (_, y) in zip(sorted(shipped.model.state_dict().items()), sorted(trained.model.state_dict().items())):
+        assert torch.allclose(x.float(), y.float(), atol=1e-2, rtol=1e-2), name
+    card = (assets / "MODEL_CARD.md").read_text()
+    assert f"# Model card: {shipped.model_id}" in card
+    assert "trained 16 steps (10 steps, then 6 warm-started steps" in card
+    assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
+    assert "| synthetic | speech | CC0 |" in card

@@ -3,7 +3,11 @@ model card next to it from the run's own records (config, step, wall time, corpu
 evaluation summary), so that the card says what the weights really are.
 
     python -m training.export --run runs/codec --manifest data/corpus/manifest.jsonl \
-        [--eval docs/eval/summary.csv] [--prior-run runs/prior]
+        [--init-run runs/codec_before] [--eval docs/eval] [--prior-run runs/prior]
+
+--init-run names the run a warm-started run (`--init_from`) began from, so that the card counts
+its steps and hours too. --eval is a folder written by training.evaluate (summary.csv, usage.csv)
+and training.evaluate_prior (prior.csv); the tables found there go into the card.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--checkpoint", default="best.safetensors", help="file in the run to ship")
     parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, help="summary CSV from training.evaluate")
+    parser.add_argument("--init-run", type=Path, help="the run this one was warm-started from")
+    parser.add_argument("--eval", type=Path, help="folder with summary.csv, usage.csv, prior.csv")
     parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
     args = parser.parse_args(argv)
 
@@ -73,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     Codec.load(source).save(BUNDLED_CHECKPOINT, half=True)
     codec = Codec.load(BUNDLED_CHECKPOINT)
     info, val = run_info(args.run), last_validation(args.run)
+    steps, hours = info["step"], info["elapsed"] / 3600
+    history = f"{steps} steps"
+    if args.init_run:
+        before = run_info(args.init_run)
+        steps, hours = steps + before["step"], hours + before["elapsed"] / 3600
+        history = f"{before['step']} steps, then {info['step']} warm-started steps with the losses below"
     config = codec.config
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
@@ -80,14 +91,14 @@ def main(argv: list[str] | None = None) -> None:
         f"# Model card: {codec.model_id}",
         "",
         "A VQ-VAE speech and audio codec: STFT-fed convolutional encoder, 12-level residual vector",
-        "quantizer (1024 entries a level, factorized 8-d codes learned by codebook loss), WaveNet decoder
-with an inverse-STFT head.",
+        "quantizer (1024 entries a level, factorized 8-d codes learned by codebook loss), WaveNet decoder",
+        "with an inverse-STFT head.",
         "",
         f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
         f"bitrates {', '.join(f'{b:g}' for b in codec.bitrates())} kbps (1 to {config.quantizer.num_levels} levels)",
-        f"- trained {info['step']} steps of batch {train_config['batch_size']} x {train_config['segment_seconds']} s crops, "
-        f"{info['elapsed'] / 3600:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
+        f"- trained {steps} steps ({history}) of batch {train_config['batch_size']} x {train_config['segment_seconds']} s "
+        f"crops, {hours:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
         f"- losses: {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if k not in ('adv', 'feat') or train_config['adversarial'])}"
         f"; adversarial training {'on' if train_config['adversarial'] else 'off'}",
         "",
@@ -100,8 +111,10 @@ with an inverse-STFT head.",
     ]
     if val:
         lines += ["## Last validation during training", "", f"step {val['step']}: `{json.dumps(val['val'])}`", ""]
-    if args.eval:
-        lines += ["## Evaluation (held-out speech)", "", *eval_table(args.eval), ""]
+    if args.eval and (args.eval / "summary.csv").exists():
+        lines += ["## Evaluation (held-out speech, `python -m training.evaluate`)", "", *eval_table(args.eval / "summary.csv"), ""]
+    if args.eval and (args.eval / "usage.csv").exists():
+        lines += ["## Codebook usage on the evaluation files", "", *eval_table(args.eval / "usage.csv"), ""]
     if args.prior_run:
         TokenPrior.load(args.prior_run / "best.safetensors").save(BUNDLED_PRIOR, half=False)
         prior = TokenPrior.load(BUNDLED_PRIOR)
@@ -109,6 +122,8 @@ with an inverse-STFT head.",
         lines += ["## Token prior", "", f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
                   f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
                   f"- trained {run_info(args.prior_run)['step']} steps; last validation: `{json.dumps(prior_val['val']) if prior_val else 'none'}`", ""]
+        if args.eval and (args.eval / "prior.csv").exists():
+            lines += ["Held-out speech (`python -m training.evaluate_prior`):", "", *eval_table(args.eval / "prior.csv"), ""]
     (ASSETS / "MODEL_CARD.md").write_text("\n".join(lines))
     print(f"wrote {BUNDLED_CHECKPOINT} ({codec.model_id}) and {ASSETS / 'MODEL_CARD.md'}")
 
