@@ -47,10 +47,6 @@ class QuantizerConfig:
     # level's projection has collapsed onto one direction; it is then centred and re-initialised.
     # 0 switches the check off.
     collapse_codes: int = 8
-    # Each training step moves a level's projection bias against the batch mean of its projected
-    # vectors by this fraction, keeping them centred: codes are chosen by cosine, and a shared
-    # offset would point every vector the same way. 0 switches centring off.
-    centring: float = 0.1
     # Probability that a training item is quantized with a random number of levels.
     level_dropout: float = 0.5
 

@@ -170,11 +170,6 @@ class VectorQuantizer(nn.Module):
             z = self.in_proj(x)  # recomputed through the centred projection, for its gradients
             flat = z.transpose(1, 2).reshape(-1, dim)
             codes = self.nearest(flat.detach()).view(batch, frames)
-        if self.training and self.config.centring:
-            # Through .data: the graph of this step keeps the bias it used (a convolution's
-            # backward pass does not read its bias), the next step sees the centred one.
-            mean = _all_reduce(flat.detach().float().mean(dim=0)) / (dist.get_world_size() if _distributed() else 1)
-            self.in_proj.bias.data.sub_(self.config.centring * mean.to(self.in_proj.bias.dtype))
         if self.training:
             selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
             selected_codes = codes[active] if active is not None else codes

@@ -7,7 +7,7 @@ import torch
 from codec.config import QuantizerConfig
 from codec.quantizer import VectorQuantizer
 
-CONFIG = QuantizerConfig(num_levels=1, codebook_size=64, dim=16, codebook_dim=4, collapse_codes=8, centring=0.0)
+CONFIG = QuantizerConfig(num_levels=1, codebook_size=64, dim=16, codebook_dim=4, collapse_codes=8)
 
 
 def _level(seed: int = 0) -> VectorQuantizer:
@@ -41,7 +41,7 @@ def test_a_collapsed_level_is_centred_and_reinitialised():
     assert int(level.restarts) == 1
     assert len(codes.unique()) > 32  # the same batch, coded after the restart
     # Switched off, nothing happens.
-    off = VectorQuantizer(QuantizerConfig(num_levels=1, codebook_size=64, dim=16, codebook_dim=4, collapse_codes=0, centring=0.0)).train()
+    off = VectorQuantizer(QuantizerConfig(num_levels=1, codebook_size=64, dim=16, codebook_dim=4, collapse_codes=0)).train()
     off.load_state_dict(_level().state_dict())
     assert len(off(collapsed)[1].unique()) < CONFIG.collapse_codes and int(off.restarts) == 0
 
@@ -57,22 +57,3 @@ def test_unused_entries_are_restarted_from_batch_vectors():
     assert not torch.allclose(copies, copies[:1].expand_as(copies))
     codes = torch.cat([level(torch.randn(8, 16, 50))[1].flatten() for _ in range(4)])
     assert len(set(codes.tolist()) & set(range(1, 9))) >= 4
-
-
-def test_centring_removes_a_shared_offset_gradually_and_gradients_still_flow():
-    config = QuantizerConfig(num_levels=1, codebook_size=64, dim=16, codebook_dim=4, collapse_codes=0, centring=0.1)
-    torch.manual_seed(0)
-    level = VectorQuantizer(config).train()
-    offset = 20 * torch.randn(1, 16, 1)
-    x = offset + torch.randn(8, 16, 50)
-    with torch.no_grad():
-        start = level.in_proj(x).mean(dim=(0, 2)).norm()
-    for _ in range(300):  # dead-code restarts then re-spread the codebook over the centred vectors
-        x = (offset + torch.randn(8, 16, 50)).requires_grad_()
-        out, _, commitment, codebook_loss = level(x)
-        (out.square().mean() + commitment.mean() + codebook_loss.mean()).backward()
-        assert x.grad is not None and level.in_proj.weight.grad is not None
-    with torch.no_grad():
-        end = level.in_proj(offset + torch.randn(8, 16, 50)).mean(dim=(0, 2)).norm()
-    assert end < 0.05 * start, (start, end)
-    assert _distinct(level, offset + torch.randn(8, 16, 50)) > 32
