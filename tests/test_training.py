@@ -91,7 +91,7 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
     monkeypatch.setattr(export, "ASSETS", assets)
     monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
     export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
-                 "--init-run", str(tmp_path / "first"), "--eval", str(evaluation)])
+                 "--init-run", f"{tmp_path / 'first'}:last.safetensors", "--eval", str(evaluation)])
 
     shipped = Codec.load(assets / "codec.safetensors")
     trained = Codec.load(tmp_path / "second" / "last.safetensors")
@@ -100,6 +100,6 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
         assert torch.allclose(x.float(), y.float(), atol=1e-2, rtol=1e-2), name
     card = (assets / "MODEL_CARD.md").read_text()
     assert f"# Model card: {shipped.model_id}" in card
-    assert "trained 16 steps (10 steps, then 6 warm-started steps" in card
+    assert "trained 16 steps (10 in first, then 6 in second, each warm-started from the one before)" in card
     assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
     assert "| synthetic | speech | CC0 |" in card

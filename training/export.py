@@ -31,6 +31,21 @@ def run_info(run: Path) -> dict:
         return json.loads(handle.metadata()["training_state"])["info"]
 
 
+def checkpoint_progress(run: Path, checkpoint: str) -> tuple[int, float]:
+    """(steps, hours) of training behind a run's checkpoint file: for best.safetensors the
+    validation step with the lowest 3 kbps mel distance (how training.train picks it) and the
+    wall time logged at that step; for any other file the run's last saved state."""
+    info = run_info(run)
+    if checkpoint != "best.safetensors":
+        return info["step"], info["elapsed"] / 3600
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scores = [(r["val"]["mel_distance"].get("3.0kbps", min(r["val"]["mel_distance"].values())), r["step"])
+              for r in records if "val" in r and r["step"] <= info["step"]]
+    step = min(scores)[1]
+    times = [r["time"] for r in records if "time" in r and r["step"] <= step]
+    return step, (times[-1] if times else 0.0) / 3600
+
+
 def last_validation(run: Path) -> dict | None:
     result = None
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -68,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--checkpoint", default="best.safetensors", help="file in the run to ship")
     parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--init-run", type=Path, help="the run this one was warm-started from")
+    parser.add_argument("--init-run", action="append", default=[], metavar="RUN[:FILE]",
+                        help="a run this one was warm-started from (its FILE, default last.safetensors), "
+                             "oldest first; repeatable")
     parser.add_argument("--eval", type=Path, help="folder with summary.csv, usage.csv, prior.csv")
     parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
     args = parser.parse_args(argv)
@@ -78,12 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     Codec.load(source).save(BUNDLED_CHECKPOINT, half=True)
     codec = Codec.load(BUNDLED_CHECKPOINT)
     info, val = run_info(args.run), last_validation(args.run)
-    steps, hours = info["step"], info["elapsed"] / 3600
-    history = f"{steps} steps"
-    if args.init_run:
-        before = run_info(args.init_run)
-        steps, hours = steps + before["step"], hours + before["elapsed"] / 3600
-        history = f"{before['step']} steps, then {info['step']} warm-started steps with the losses below"
+    steps, hours = checkpoint_progress(args.run, args.checkpoint)
+    stages = []
+    for entry in args.init_run:
+        run, _, name = entry.partition(":")
+        stage_steps, stage_hours = checkpoint_progress(Path(run), name or "last.safetensors")
+        stages.append(f"{stage_steps} in {Path(run).name}")
+        steps, hours = steps + stage_steps, hours + stage_hours
+    own = checkpoint_progress(args.run, args.checkpoint)[0]
+    history = ", then ".join(stages + [f"{own} in {args.run.name}"]) if stages else f"{own} in {args.run.name}"
+    history = f"{history}, each warm-started from the one before" if stages else history
     config = codec.config
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
@@ -99,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         f"bitrates {', '.join(f'{b:g}' for b in codec.bitrates())} kbps (1 to {config.quantizer.num_levels} levels)",
         f"- trained {steps} steps ({history}) of batch {train_config['batch_size']} x {train_config['segment_seconds']} s "
         f"crops, {hours:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
-        f"- losses: {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if k not in ('adv', 'feat') or train_config['adversarial'])}"
+        f"- losses (last stage): {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if k not in ('adv', 'feat') or train_config['adversarial'])}"
         f"; adversarial training {'on' if train_config['adversarial'] else 'off'}",
         "",
         "## Training data",
