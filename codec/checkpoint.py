@@ -33,7 +33,7 @@ class Checkpoint:
     kind: str  # "codec" or "prior"
     config: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    digest: str  # sha256 of the file, hex: identifies the exact weights
+    digest: str  # content_digest(kind, config, tensors), hex: identifies the exact weights
 
 
 def save_checkpoint(
@@ -78,7 +78,20 @@ def read_checkpoint(path: str | Path, kind: str) -> Checkpoint:
         config = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: missing or malformed config") from None
-    return Checkpoint(kind, config, tensors, hashlib.sha256(data).hexdigest())
+    return Checkpoint(kind, config, tensors, content_digest(kind, config, tensors))
+
+
+def content_digest(kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of what a checkpoint holds, not of its file: the safetensors writer puts the metadata
+    keys in a different order on every save, so hashing the file gave the same weights a new id
+    (and a prior a stale codec id) each time they were written."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"kind": kind, "config": config}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,25 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_codec: Codec, tmp_pa
     assert torch.equal(a.codes, b.codes)
     assert torch.equal(tiny_codec.model.decode(a.codes), loaded.model.decode(a.codes))
     assert loaded.model_id.startswith("vqcodec-tiny:")
+
+
+def test_model_id_names_the_weights_not_the_file(tiny_codec: Codec, tmp_path):
+    # Saved by separate processes (safetensors orders its metadata differently in each), the
+    # same weights keep their id; changed weights get a new one.
+    script = "import sys; from codec import Codec; Codec.load(sys.argv[1]).save(sys.argv[2], half=True)"
+    source = tmp_path / "source.safetensors"
+    tiny_codec.save(source)
+    ids = set()
+    for index in range(3):
+        copy = tmp_path / f"copy{index}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(source), str(copy)], check=True)
+        ids.add(Codec.load(copy).model_id)
+    assert len(ids) == 1
+    changed = Codec.load(source)
+    with torch.no_grad():
+        changed.model.decoder.head.proj.bias[0] += 1.0
+    changed.save(tmp_path / "changed.safetensors", half=True)
+    assert Codec.load(tmp_path / "changed.safetensors").model_id not in ids
 
 
 def test_checkpoint_load_is_strict(tiny_codec: Codec, tmp_path):

@@ -31,17 +31,31 @@ def run_info(run: Path) -> dict:
         return json.loads(handle.metadata()["training_state"])["info"]
 
 
+def _score(val: dict) -> float:
+    """How the trainers pick best.safetensors: lowest 3 kbps mel distance (codec), lowest bits
+    per token (prior)."""
+    if "bits_per_token" in val:
+        return val["bits_per_token"]
+    return val["mel_distance"].get("3.0kbps", min(val["mel_distance"].values()))
+
+
+def best_validation(run: Path) -> dict | None:
+    """The validation record of the run's best.safetensors (the first with the best score)."""
+    info = run_info(run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    candidates = [r for r in records if "val" in r and r["step"] <= info["step"]]
+    return min(candidates, key=lambda r: (_score(r["val"]), r["step"])) if candidates else None
+
+
 def checkpoint_progress(run: Path, checkpoint: str) -> tuple[int, float]:
-    """(steps, hours) of training behind a run's checkpoint file: for best.safetensors the
-    validation step with the lowest 3 kbps mel distance (how training.train picks it) and the
-    wall time logged at that step; for any other file the run's last saved state."""
+    """(steps, hours) of training behind a run's checkpoint file: for best.safetensors the step
+    of its validation record and the wall time logged up to it (the prior trainer logs none: 0);
+    for any other file the run's last saved state."""
     info = run_info(run)
     if checkpoint != "best.safetensors":
         return info["step"], info["elapsed"] / 3600
+    step = best_validation(run)["step"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    scores = [(r["val"]["mel_distance"].get("3.0kbps", min(r["val"]["mel_distance"].values())), r["step"])
-              for r in records if "val" in r and r["step"] <= info["step"]]
-    step = min(scores)[1]
     times = [r["time"] for r in records if "time" in r and r["step"] <= step]
     return step, (times[-1] if times else 0.0) / 3600
 
@@ -94,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     source = args.run / args.checkpoint
     Codec.load(source).save(BUNDLED_CHECKPOINT, half=True)
     codec = Codec.load(BUNDLED_CHECKPOINT)
-    info, val = run_info(args.run), last_validation(args.run)
+    info = run_info(args.run)
+    val = best_validation(args.run) if args.checkpoint == "best.safetensors" else last_validation(args.run)
     steps, hours = checkpoint_progress(args.run, args.checkpoint)
     stages = []
     for entry in args.init_run:
@@ -131,18 +146,20 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     if val:
-        lines += ["## Last validation during training", "", f"step {val['step']}: `{json.dumps(val['val'])}`", ""]
+        lines += ["## Validation during training of the shipped weights (120 s of held-out speech)", "",
+                  f"step {val['step']}: `{json.dumps(val['val'])}`", ""]
     if args.eval and (args.eval / "summary.csv").exists():
         lines += ["## Evaluation (held-out speech, `python -m training.evaluate`)", "", *eval_table(args.eval / "summary.csv"), ""]
     if args.eval and (args.eval / "usage.csv").exists():
         lines += ["## Codebook usage on the evaluation files", "", *eval_table(args.eval / "usage.csv"), ""]
     if args.prior_run:
-        TokenPrior.load(args.prior_run / "best.safetensors").save(BUNDLED_PRIOR, half=False)
+        TokenPrior.load(args.prior_run / "best.safetensors").save(BUNDLED_PRIOR, half=True)  # runs in float32
         prior = TokenPrior.load(BUNDLED_PRIOR)
-        prior_val = last_validation(args.prior_run)
+        prior_val = best_validation(args.prior_run)
         lines += ["## Token prior", "", f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
                   f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
-                  f"- trained {run_info(args.prior_run)['step']} steps; last validation: `{json.dumps(prior_val['val']) if prior_val else 'none'}`", ""]
+                  f"- shipped: the best of {run_info(args.prior_run)['step']} steps, step {prior_val['step'] if prior_val else '?'}; "
+                  f"validation then: `{json.dumps(prior_val['val']) if prior_val else 'none'}`", ""]
         if args.eval and (args.eval / "prior.csv").exists():
             lines += ["Held-out speech (`python -m training.evaluate_prior`):", "", *eval_table(args.eval / "prior.csv"), ""]
     (ASSETS / "MODEL_CARD.md").write_text("\n".join(lines))
