@@ -86,22 +86,14 @@ async def open_loop(url: str, clip: bytes, clip_seconds: float, rate: float, dur
     return RunResult(rate, count, len(latencies), rejected, len(latencies) * clip_seconds / wall, *map(float, q))
 
 
-def sequential_latency(url: str, path: str, body: bytes, content_type: str, repeats: int, headers: dict) -> float:
+def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: int, threads: int,
+                       headers: dict) -> dict[str, tuple[float, float]]:
+    """{"encode" | "decode": (median in-process seconds, median seconds over HTTP)} for one clip.
+
+    In-process and HTTP calls alternate, one of each per round, so that whatever else slows the
+    machine (frequency scaling, a neighbour) slows both alike; the server is idle otherwise.
+    In-process encoding reads the same file bytes and decoding writes the same WAV bytes."""
     import httpx
-
-    with httpx.Client(base_url=url, timeout=300, headers=headers) as client:
-        client.post(path, content=body, headers={"content-type": content_type})  # warm the connection
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            response = client.post(path, content=body, headers={"content-type": content_type})
-            times.append(time.perf_counter() - start)
-            response.raise_for_status()
-    return statistics.median(times)
-
-
-def in_process_latency(checkpoint: str | None, clip: bytes, repeats: int, threads: int) -> tuple[float, float, bytes]:
-    """Median seconds to encode the clip's bytes and to decode its codes to WAV bytes, in-process."""
     import torch
 
     from codec import Codec
@@ -109,16 +101,30 @@ def in_process_latency(checkpoint: str | None, clip: bytes, repeats: int, thread
 
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint)
-    encoded = codec.encode_file(clip)
-    encode_times, decode_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encoded = codec.encode_file(clip)
-        encode_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        write_audio(io.BytesIO(), codec.decode(encoded)[0], codec.sample_rate)
-        decode_times.append(time.perf_counter() - start)
-    return statistics.median(encode_times), statistics.median(decode_times), codec.to_bytes(encoded)
+    stream = codec.to_bytes(codec.encode_file(clip))
+
+    def local_encode():
+        codec.encode_file(clip)
+
+    def local_decode():
+        write_audio(io.BytesIO(), codec.decode(codec.from_bytes(stream))[0], codec.sample_rate)
+
+    times: dict[str, tuple[list[float], list[float]]] = {"encode": ([], []), "decode": ([], [])}
+    with httpx.Client(base_url=url, timeout=300, headers=headers) as client:
+        remote = {
+            "encode": lambda: client.post("/encode", content=clip, headers={"content-type": "audio/wav"}).raise_for_status(),
+            "decode": lambda: client.post("/decode", content=stream, headers={"content-type": STREAM}).raise_for_status(),
+        }
+        local = {"encode": local_encode, "decode": local_decode}
+        for op in times:
+            local[op](), remote[op]()  # warm up both paths and the connection
+        for _ in range(repeats):
+            for op, (local_times, remote_times) in times.items():
+                for call, into in ((local[op], local_times), (remote[op], remote_times)):
+                    start = time.perf_counter()
+                    call()
+                    into.append(time.perf_counter() - start)
+    return {op: (statistics.median(a), statistics.median(b)) for op, (a, b) in times.items()}
 
 
 @contextmanager
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, server and in-process")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=10, help="requests for the overhead measurement")
+    parser.add_argument("--repeats", type=int, default=30, help="rounds of the overhead measurement")
     parser.add_argument("--api-key", default=os.environ.get("CODEC_API_KEY"))
     args = parser.parse_args(argv)
 
@@ -202,23 +208,21 @@ def main(argv: list[str] | None = None) -> None:
     env = {"CODEC_PRIOR_CHECKPOINT": "", "CODEC_TORCH_THREADS": str(args.threads), "CODEC_API_KEY": args.api_key or ""}
     if checkpoint:
         env["CODEC_CHECKPOINT"] = checkpoint
-    encode_s, decode_s, stream = in_process_latency(checkpoint, clip, args.repeats, args.threads)
     batches = {"batching on": args.max_batch_size, "batching off": 1}
     tables: dict[str, list[RunResult]] = {name: [] for name in batches}
     with ExitStack() as stack:  # both servers up at once; runs alternate, so drift hits both alike
         urls = {name: stack.enter_context(local_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}))
                 for name, size in batches.items()}
         # The overhead of the server as it is deployed (batching on), next to the in-process run.
-        http_encode = sequential_latency(urls["batching on"], "/encode", clip, "audio/wav", args.repeats, headers)
-        http_decode = sequential_latency(urls["batching on"], "/decode", stream, STREAM, args.repeats, headers)
+        latencies = overhead_latencies(urls["batching on"], checkpoint, clip, args.repeats, args.threads, headers)
         for rate in rates:
             for name, url in urls.items():
                 tables[name].append(asyncio.run(open_loop(url, clip, args.clip_seconds, rate, args.duration, headers)))
     for name, size in batches.items():
         print_table(f"{name} (max batch {size}), {args.clip_seconds:g} s clips, {args.threads} threads", tables[name])
 
-    print(f"\none {args.clip_seconds:g} s clip at a time (median of {args.repeats}):")
-    for op, local, http in (("encode", encode_s, http_encode), ("decode", decode_s, http_decode)):
+    print(f"\none {args.clip_seconds:g} s clip at a time, in-process and HTTP calls alternating (median of {args.repeats}):")
+    for op, (local, http) in latencies.items():
         print(f"  {op}: in-process {local * 1000:7.1f} ms, over HTTP {http * 1000:7.1f} ms, "
               f"overhead {100 * (http / local - 1):+.1f}%")
     on, off = tables["batching on"], tables["batching off"]
