@@ -3,6 +3,7 @@ form, token formats, errors, limits, auth, readiness, metrics, batching, the pri
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -155,12 +156,13 @@ def test_auth(tiny_checkpoint):
         assert secured.get("/livez").status_code == 200 and secured.get("/readyz").status_code == 200
 
 
-def test_readiness_model_info_and_metrics(api):
+def test_readiness_model_info_and_metrics(api, tiny_checkpoint):
     assert api.get("/livez").json() == {"status": "alive"}
     assert api.get("/readyz").json() == {"status": "ready"}
     info = api.get("/model").json()
     engine = api.app.state.engine
-    assert info["model_id"] == engine.codec.model_id and info["model_id"].endswith(info["checkpoint_sha256"][:12])
+    assert info["model_id"] == engine.codec.model_id == Codec.load(tiny_checkpoint).model_id
+    assert info["checkpoint_sha256"] == hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest()
     assert info["bitrates"] == [0.3, 0.6, 0.9, 1.2] and info["num_levels"] == 4 and info["parameters"] > 0
     assert info["prior"]["loaded"] and info["prior"]["codec_model_id"] == info["model_id"]
     api.post("/encode", content=audio_bytes(2.0), headers={"content-type": "audio/wav"})
