@@ -25,6 +25,11 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+def error_responses(descriptions: dict[int, str]) -> dict[int, dict]:
+    """OpenAPI `responses` entries for error statuses: each a JSON ErrorResponse with its description."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, kind: str, headers: dict[str, str] | None = None):
         super().__init__(detail)

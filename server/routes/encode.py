@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from codec.api import EncodedAudio
 from server.deps import Authorized, EngineDep
-from server.errors import ApiError, ErrorResponse
+from server.errors import ApiError, error_responses
 from server.media import (
     AUDIO_TYPES, STREAM_TYPE, accepts, content_type, tokens_response, unless_disconnected, unsupported,
 )
@@ -27,7 +27,7 @@ REQUEST_BODY = {
         **{media: _binary for media in ("audio/wav", "audio/flac", "audio/ogg")},
     },
 }
-ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+ERRORS = error_responses({
     400: "unreadable, empty or non-finite audio, or an absurd sample rate or channel count",
     401: "missing or wrong API key",
     413: "body or audio duration over the limits",
@@ -35,7 +35,7 @@ ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text
     422: "invalid parameter (bitrate)",
     503: "queue full (see Retry-After) or model not loaded",
     504: "no answer within the request timeout",
-}.items()}
+})
 
 
 @router.post(

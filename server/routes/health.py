@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.deps import Authorized
-from server.errors import ErrorResponse
+from server.errors import error_responses
 from server.schemas import Status
 
 router = APIRouter(tags=["operations"])
@@ -22,7 +22,7 @@ async def livez() -> Status:
     "/readyz",
     summary="Models loaded and warmed up, and not shutting down",
     response_model=Status,
-    responses={503: {"model": ErrorResponse, "description": "loading, or draining before shutdown"}},
+    responses=error_responses({503: "loading, or draining before shutdown"}),
 )
 async def readyz(request: Request):
     state = request.app.state
@@ -39,7 +39,7 @@ async def readyz(request: Request):
     dependencies=[Authorized],
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
-               401: {"model": ErrorResponse, "description": "missing or wrong API key"}},
+               **error_responses({401: "missing or wrong API key"})},
 )
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.deps import Authorized, EngineDep, SettingsDep
-from server.errors import ErrorResponse
+from server.errors import error_responses
 from server.schemas import ModelInfo, PriorInfo
 
 router = APIRouter(tags=["model"], dependencies=[Authorized])
@@ -15,8 +15,7 @@ router = APIRouter(tags=["model"], dependencies=[Authorized])
     "/model",
     summary="Describe the loaded models",
     response_model=ModelInfo,
-    responses={401: {"model": ErrorResponse, "description": "missing or wrong API key"},
-               503: {"model": ErrorResponse, "description": "model not loaded yet"}},
+    responses=error_responses({401: "missing or wrong API key", 503: "model not loaded yet"}),
 )
 async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
     codec, config = engine.codec, engine.codec.config
