@@ -118,24 +118,23 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_collapsed_level(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
+    def _restart_collapsed_level(self, flat: torch.Tensor, codes: torch.Tensor) -> bool:
         """If this batch's vectors all fall on a handful of entries, the projection has collapsed:
         its output is dominated by one constant direction (a shared offset of the residual), so
         every vector has the same cosine neighbour and restarting entries from those vectors
         cannot help. Then centre the projection on this batch (subtract the mean vector from its
-        bias) and re-run the k-means initialisation; return the new projected vectors."""
+        bias) and re-run the k-means initialisation. Returns whether it did."""
         minimum = self.config.collapse_codes
         if not minimum or flat.shape[0] < 8 * minimum:
-            return None
+            return False
         distinct = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).clamp_max(1).float())
         if int((distinct > 0).sum()) >= minimum:
-            return None
+            return False
         mean = _all_reduce(flat.float().mean(dim=0)) / (dist.get_world_size() if _distributed() else 1)
         self.in_proj.bias.data -= mean.to(self.in_proj.bias.dtype)
         self.restarts.add_(1)
-        centred = flat - mean.to(flat.dtype)
-        self._initialize(centred)
-        return centred
+        self._initialize(flat - mean.to(flat.dtype))
+        return True
 
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
@@ -166,7 +165,7 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._initialize(flat.detach())
         codes = self.nearest(flat.detach()).view(batch, frames)
-        if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)) is not None:
+        if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)):
             z = self.in_proj(x)  # recomputed through the centred projection, for its gradients
             flat = z.transpose(1, 2).reshape(-1, dim)
             codes = self.nearest(flat.detach()).view(batch, frames)

@@ -110,15 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     codec = Codec.load(BUNDLED_CHECKPOINT)
     info = run_info(args.run)
     val = best_validation(args.run) if args.checkpoint == "best.safetensors" else last_validation(args.run)
-    steps, hours = checkpoint_progress(args.run, args.checkpoint)
+    own_steps, own_hours = checkpoint_progress(args.run, args.checkpoint)
+    steps, hours = own_steps, own_hours
     stages = []
     for entry in args.init_run:
         run, _, name = entry.partition(":")
         stage_steps, stage_hours = checkpoint_progress(Path(run), name or "last.safetensors")
         stages.append(f"{stage_steps} in {Path(run).name}")
         steps, hours = steps + stage_steps, hours + stage_hours
-    own = checkpoint_progress(args.run, args.checkpoint)[0]
-    history = ", then ".join(stages + [f"{own} in {args.run.name}"]) if stages else f"{own} in {args.run.name}"
+    history = ", then ".join(stages + [f"{own_steps} in {args.run.name}"])
     history = f"{history}, each warm-started from the one before" if stages else history
     config = codec.config
     params = sum(p.numel() for p in codec.model.parameters())
