@@ -42,11 +42,15 @@ class ISTFTHead(nn.Module):
         self.proj = nn.Conv1d(channels, n_fft + 2, 1)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, x: torch.Tensor, log_magnitude_offset: torch.Tensor | None = None) -> torch.Tensor:
         """Frames [B, C, M] -> complex spectrum [B, n_fft // 2 + 1, M]; on the scale of
-        `analysis_stft` of the waveform it synthesises (Hann analysis window, same hop)."""
+        `analysis_stft` of the waveform it synthesises (Hann analysis window, same hop).
+        `log_magnitude_offset` [B, F, M] is added to the predicted log-magnitudes."""
         log_magnitude, phase = self.proj(x).float().chunk(2, dim=1)
-        return torch.polar(torch.exp(log_magnitude.clamp(max=8.0)), phase)
+        if log_magnitude_offset is not None:
+            log_magnitude = log_magnitude + log_magnitude_offset.float()
+        # The floor keeps magnitudes non-zero: the angle of a zero bin has no gradient (NaN).
+        return torch.polar(torch.exp(log_magnitude.clamp(-20.0, 8.0)), phase)
 
     def synthesize(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex spectrum [B, F, M] -> waveform [B, 1, M * hop] by windowed overlap-add."""
@@ -99,6 +103,8 @@ class Decoder(nn.Module):
             nn.GELU(), nn.Conv1d(config.skip_channels, config.skip_channels, 1), nn.GELU()
         )
         self.head = ISTFTHead(config.skip_channels, config.n_fft, hop_length // u)
+        # Each latent frame -> `upsample` frames of log-magnitudes, linearly.
+        self.linear = nn.ConvTranspose1d(latent_dim, config.n_fft // 2 + 1, u, stride=u) if config.linear_skip else None
 
     def spectrum(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, D, N] -> the head's complex spectrum [B, n_fft // 2 + 1, N * upsample]."""
@@ -108,7 +114,8 @@ class Decoder(nn.Module):
         for layer in self.layers:
             x, skip = layer(x, cond)
             skips = skips + skip
-        return self.head.spectrum(self.post(skips * math.sqrt(1.0 / len(self.layers))))
+        offset = self.linear(latents) if self.linear is not None else None
+        return self.head.spectrum(self.post(skips * math.sqrt(1.0 / len(self.layers))), offset)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, D, N] -> waveform [B, 1, N * hop_length]."""

@@ -1,13 +1,13 @@
 """Residual vector quantization with straight-through gradients (VQ-VAE, van den Oord et al. 2017).
 
 Each level replaces its input by the nearest entry of a codebook; the next level quantizes what is
-left. Each level looks its codes up in a small projected space (`codebook_dim`, 8 by default)
-with L2-normalised vectors, as in DAC's factorized codes: an encoder cannot shrink its latents
-into a corner of the space, which is how plain VQ codebooks collapse onto a handful of entries.
-Codebooks are initialised by k-means on the first training batch, learn from the codebook loss
-(or follow exponential moving averages of their assigned vectors, a config switch), and entries
-that fall out of use are restarted from vectors of the current batch. Training drops the upper
-levels for a random part of each batch, so that one model serves every bitrate.
+left. By default entries are compared by Euclidean distance in the full latent space and follow
+exponential moving averages of the vectors assigned to them (the paper's appendix; EnCodec), so
+each level removes part of the residual. A config switch selects DAC's factorized codes instead:
+cosine similarity in a small learned projection. Codebooks are initialised by k-means on the
+first training batch, and entries that fall out of use are restarted from vectors of the current
+batch. Training drops the upper levels for a random part of each batch, so that one model serves
+every bitrate.
 """
 
 from __future__ import annotations
@@ -60,14 +60,22 @@ def _kmeans(samples: torch.Tensor, k: int, iterations: int = 10) -> tuple[torch.
 
 
 class VectorQuantizer(nn.Module):
-    """One level: project [B, D, N] to `codebook_dim`, pick the nearest of `codebook_size` entries."""
+    """One level: pick the nearest of `codebook_size` entries for each vector of [B, D, N]
+    (cosine codes: after projecting it to `codebook_dim`)."""
 
     def __init__(self, config: QuantizerConfig):
         super().__init__()
         self.config = config
-        size, dim = config.codebook_size, config.codebook_dim
-        self.in_proj = nn.Conv1d(config.dim, dim, 1)
-        self.out_proj = nn.Conv1d(dim, config.dim, 1)
+        size = config.codebook_size
+        if config.distance == "euclidean":
+            dim = config.dim
+            self.in_proj, self.out_proj = nn.Identity(), nn.Identity()
+        elif config.distance == "cosine":
+            dim = config.codebook_dim
+            self.in_proj = nn.Conv1d(config.dim, dim, 1)
+            self.out_proj = nn.Conv1d(dim, config.dim, 1)
+        else:
+            raise ValueError(f"unknown code distance {config.distance!r}")
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         # Times this level was found collapsed and re-initialised (see _restart_collapsed_level).
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long), persistent=False)
@@ -82,8 +90,12 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"unknown codebook update rule {config.update!r}")
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest entry (by cosine) for each projected vector of z [M, d] -> [M]."""
-        return (F.normalize(z, dim=1) @ F.normalize(self.codebook.to(z.dtype), dim=1).t()).argmax(dim=1)
+        """Index of the nearest entry for each (projected) vector of z [M, d] -> [M]."""
+        codebook = self.codebook.to(z.dtype)
+        if self.config.distance == "cosine":
+            return (F.normalize(z, dim=1) @ F.normalize(codebook, dim=1).t()).argmax(dim=1)
+        # argmin |z - c|^2 = argmax 2 z.c - |c|^2 (|z|^2 is the same for every entry)
+        return (2 * z @ codebook.t() - codebook.square().sum(dim=1)).argmax(dim=1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Projected codebook vectors for codes [B, N] -> [B, d, N]."""
@@ -95,7 +107,8 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, z: torch.Tensor) -> None:
-        centroids, sizes = _kmeans(F.normalize(z.float(), dim=1), self.config.codebook_size)
+        samples = F.normalize(z.float(), dim=1) if self.config.distance == "cosine" else z.float()
+        centroids, sizes = _kmeans(samples, self.config.codebook_size)
         self.codebook.data.copy_(_broadcast(centroids))
         self.cluster_size.copy_(_broadcast(sizes))
         if self.config.update == "ema":
@@ -125,7 +138,7 @@ class VectorQuantizer(nn.Module):
         cannot help. Then centre the projection on this batch (subtract the mean vector from its
         bias) and re-run the k-means initialisation. Returns whether it did."""
         minimum = self.config.collapse_codes
-        if not minimum or flat.shape[0] < 8 * minimum:
+        if self.config.distance != "cosine" or not minimum or flat.shape[0] < 8 * minimum:
             return False
         distinct = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).clamp_max(1).float())
         if int((distinct > 0).sum()) >= minimum:

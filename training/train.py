@@ -143,7 +143,8 @@ class Losses:
         return losses
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.lambdas.get(name, 0.0) * value for name, value in losses.items())
+        # Zero-weight terms are left out, not multiplied by 0: a NaN in one would poison the sum.
+        return sum(self.lambdas[name] * value for name, value in losses.items() if self.lambdas.get(name, 0.0))
 
 
 def train(config: TrainConfig) -> None:
@@ -190,8 +191,7 @@ def train(config: TrainConfig) -> None:
             print(f"resumed from {state_path} at step {step}", file=sys.stderr)
     else:
         if config.init_from:
-            warm = Codec.load(config.init_from).model.state_dict()
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm.items()})
+            warm_start(model, config.init_from, announce=rank == 0)
         if rank == 0:
             (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
             print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
@@ -271,6 +271,24 @@ def train(config: TrainConfig) -> None:
         print(f"rank {rank} step {step} weights sha256 {state_digest(model)}", file=sys.stderr, flush=True)
         dist.barrier()
         dist.destroy_process_group()
+
+
+def warm_start(model: CodecModel, path: str, announce: bool) -> None:
+    """Copy the weights of the checkpoint at `path` into `model`. A part whose config differs
+    (e.g. a new quantizer) keeps its fresh initialisation; every other tensor must match."""
+    warm = Codec.load(path).model
+    state = {k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()}
+    kept = []
+    for part in ("encoder", "quantizer", "decoder"):
+        if getattr(warm.config, part) != getattr(model.config, part):
+            state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
+            kept.append(part)
+    model.load_state_dict(state, strict=not kept)
+    missing = set(model.state_dict()) - set(state)
+    if any(not k.startswith(tuple(p + "." for p in kept)) for k in missing):
+        raise SystemExit(f"{path} lacks weights for {sorted(missing)[:5]}")
+    if announce and kept:
+        print(f"warm start from {path}: {', '.join(kept)} re-initialised (config differs)", file=sys.stderr)
 
 
 def state_digest(module: torch.nn.Module) -> str:
