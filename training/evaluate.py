@@ -5,8 +5,9 @@
     python -m training.evaluate --folder my_clips/ --out docs/eval
 
 Every system is charged the size of the file it writes (ours: the codec.bitstream file, header
-included; Opus: the Ogg file; Codec2: the .c2 file). Each output is aligned with its input
-(training.metrics.align) and scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
+included; Opus: the Ogg file; Codec2: the .c2 file). Each system's delay is measured once,
+on the first files (training.metrics.system_delay), and removed from all its outputs before they are
+scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
 Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over all the files),
 rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
 """
@@ -37,7 +38,7 @@ from codec.usage import LevelUsage, codebook_usage
 from training import plots
 from training.baselines import SAMPLE_RATE, System, build_systems
 from training.data import read_manifest
-from training.metrics import align, score
+from training.metrics import score, shift, system_delay
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 MIN_SECONDS = 0.1  # the log-mel distance needs more than one 1024-point frame
@@ -61,7 +62,7 @@ class Row:
     bytes: int
     kbps: float  # charged: bytes * 8 / seconds
     payload_kbps: float  # the coded frames alone, without file header or container
-    lag_ms: float  # delay removed before scoring; > 0: the output was late
+    lag_ms: float  # the system's delay, removed before scoring; > 0: its output is late
     pesq_wb: float | None
     stoi: float | None
     si_sdr: float
@@ -115,7 +116,15 @@ def bandwidth_note(counts: Counter) -> str:
     return ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in counts.most_common()) if total else ""
 
 
-def evaluate_file(systems: list[System], file: AudioFile, max_lag_s: float) -> FileResult:
+def calibrate_delays(systems: list[System], files: list[AudioFile], max_lag_s: float) -> dict[str, int]:
+    """Each system's delay in samples, measured on these files."""
+    references = [load_audio(f.path) for f in files]
+    max_lag = int(round(max_lag_s * SAMPLE_RATE))
+    return {s.name: system_delay([(r, s.run(r).audio) for r in references], max_lag)
+            for s in tqdm(systems, desc="measuring delays", unit="system")}
+
+
+def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int]) -> FileResult:
     reference = load_audio(file.path)
     seconds = len(reference) / SAMPLE_RATE
     rows, bandwidths = [], {}
@@ -123,7 +132,8 @@ def evaluate_file(systems: list[System], file: AudioFile, max_lag_s: float) -> F
         start = time.perf_counter()
         output = system.run(reference)
         middle = time.perf_counter()
-        aligned, lag = align(reference, output.audio, max_lag_s)
+        lag = delays[system.name]
+        aligned = shift(output.audio, lag, len(reference))
         scores = score(reference, aligned)
         kbps = output.num_bytes * 8 / seconds / 1000
         rows.append(Row(
@@ -148,8 +158,8 @@ def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool,
     _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None)
 
 
-def _evaluate_in_worker(file: AudioFile, max_lag_s: float) -> FileResult:
-    return evaluate_file(_worker_systems, file, max_lag_s)
+def _evaluate_in_worker(file: AudioFile, delays: dict[str, int]) -> FileResult:
+    return evaluate_file(_worker_systems, file, delays)
 
 
 def _mean(values: list) -> float | None:
@@ -175,7 +185,7 @@ def summarize(results: list[FileResult]) -> list[dict]:
             "stoi_skipped": sum(r.stoi is None for r in group),
             "si_sdr": _mean([r.si_sdr for r in group]),
             "mel_distance": _mean([r.mel_distance for r in group]),
-            "median_lag_ms": statistics.median(r.lag_ms for r in group),
+            "lag_ms": statistics.median(r.lag_ms for r in group),
             "bandwidth": bandwidth_note(bandwidths),
             "codec_s": sum(r.codec_s for r in group), "score_s": sum(r.score_s for r in group),
         })
@@ -198,7 +208,7 @@ def format_table(summary: list[dict]) -> str:
         lines.append(
             f"{s['family']:<7} {s['setting']:<10} {s['kbps']:>6.2f} {num(s['payload_kbps'], '7.2f'):>7} "
             f"{num(s['pesq_wb'], '7.3f'):>7} {num(s['stoi'], '6.3f'):>6} {num(s['si_sdr'], '7.2f'):>7} "
-            f"{num(s['mel_distance'], '6.3f'):>6} {s['median_lag_ms']:>7.2f}  {'; '.join(notes)}"
+            f"{num(s['mel_distance'], '6.3f'):>6} {s['lag_ms']:>7.2f}  {'; '.join(notes)}"
         )
     return "\n".join(lines)
 
@@ -223,7 +233,7 @@ def active_seconds(audio: np.ndarray, seconds: float = plots.SPECTROGRAM_SECONDS
     return float(np.sum(energy > energy.max() - 30)) * 0.02 if len(energy) else 0.0
 
 
-def render_examples(systems: list[System], files: list[AudioFile], count: int, max_lag_s: float) -> list[plots.Example]:
+def render_examples(systems: list[System], files: list[AudioFile], count: int, delays: dict[str, int]) -> list[plots.Example]:
     """The `count` busiest of the first 50 clips through ours at ~1.5 and ~3 kbps, Opus 6 kbps and
     Codec2 3200 (those that ran), aligned as they were for scoring."""
     busiest = sorted(files[:50], key=lambda f: -active_seconds(load_audio(f.path)))[:count]
@@ -236,7 +246,7 @@ def render_examples(systems: list[System], files: list[AudioFile], count: int, m
         for system in dict.fromkeys(s for s in wanted if s is not None):
             output = system.run(reference)
             kbps = output.num_bytes * 8 / (len(reference) / SAMPLE_RATE) / 1000
-            panels.append((f"{system.name}\n{kbps:.2f} kbps charged", align(reference, output.audio, max_lag_s)[0]))
+            panels.append((f"{system.name}\n{kbps:.2f} kbps charged", shift(output.audio, delays[system.name], len(reference))))
         examples.append(plots.Example(file.name, panels))
     return examples
 
@@ -273,17 +283,21 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise SystemExit("no audio files found")
     print(f"{len(files)} files, {sum(f.seconds for f in files) / 60:.2f} minutes, "
           f"{len(systems)} systems: {', '.join(s.name for s in systems)}")
+    delays = calibrate_delays(systems, files[: args.delay_files], max_lag_s)
+    print("delays removed (ms, measured on the first "
+          f"{min(args.delay_files, len(files))} files): "
+          + ", ".join(f"{name} {1000 * lag / SAMPLE_RATE:+.2f}" for name, lag in delays.items()))
 
     if args.jobs > 1:
         pool = ProcessPoolExecutor(
             args.jobs, multiprocessing.get_context("spawn"), _init_worker,
             (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads),
         )
-        futures = [pool.submit(_evaluate_in_worker, f, max_lag_s) for f in files]
+        futures = [pool.submit(_evaluate_in_worker, f, delays) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
         pool.shutdown()
     else:
-        results = [evaluate_file(systems, f, max_lag_s) for f in tqdm(files, desc="files", unit="file")]
+        results = [evaluate_file(systems, f, delays) for f in tqdm(files, desc="files", unit="file")]
 
     rows = [row for result in results for row in result.rows]
     summary = summarize(results)
@@ -291,14 +305,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     write_csv(out / "summary.csv", summary)
     minutes = sum(f.seconds for f in files) / 60
     plots.rate_distortion(summary, out / "rate_distortion.png", f"{len(files)} files, {minutes:.1f} min")
-    plots.spectrograms(render_examples(systems, files, args.examples, max_lag_s), out / "spectrograms.png")
+    plots.spectrograms(render_examples(systems, files, args.examples, delays), out / "spectrograms.png")
     usage = measure_usage(codec, files) if codec is not None else []
     if usage:
         write_csv(out / "usage.csv", [asdict(u) for u in usage])
 
     print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
           "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
-          "header, all included); payload = the coded frames alone; lag = median delay removed")
+          "header, all included); payload = the coded frames alone; lag = the system's delay, removed")
     print(format_table(summary))
     if usage:
         print("\n" + format_usage(usage, codec.config.quantizer.codebook_size))
@@ -327,6 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="order in which files are taken")
     parser.add_argument("--max-lag-ms", type=float, default=100.0,
                         help="delay compensation searches lags up to this; 0 scores outputs as they are")
+    parser.add_argument("--delay-files", type=int, default=20,
+                        help="files on which each system's delay is measured (pooled over them)")
     parser.add_argument("--examples", type=int, default=2, help="clips shown in spectrograms.png")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
     parser.add_argument("--threads", type=int, default=1,

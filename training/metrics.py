@@ -2,8 +2,12 @@
 
 Codecs delay their output by different amounts (Opus's look-ahead, Codec2's analysis window), and
 PESQ, STOI and SI-SDR are all hurt by a misalignment of a few samples, so every output is first
-shifted by the lag that maximises its cross-correlation with the reference (`align`). Signals are
-1-D float arrays [T] in [-1, 1].
+shifted back by its codec's delay. A codec's delay is one number for all files (`system_delay`):
+the lag that maximises the cross-correlation pooled over several files, found on the signals'
+energy envelopes first, then refined on the waveforms. Aligning each file by its own waveform
+cross-correlation (`align`) is only sound for waveform-matching codecs: for a vocoder whose phase
+is not the input's (ours, Codec2) the correlation peak is noise, and per-file lags of up to
++-100 ms scattered its outputs against the reference. Signals are 1-D float arrays [T] in [-1, 1].
 """
 
 from __future__ import annotations
@@ -62,6 +66,48 @@ def align(reference: np.ndarray, output: np.ndarray, max_lag_s: float = MAX_LAG_
     """Output shifted into line with the reference and cut to its length [T], and the lag used."""
     lag = find_lag(reference, output, int(round(max_lag_s * SAMPLE_RATE)))
     return shift(output, lag, len(reference)), lag
+
+
+ENVELOPE_HOP = 32  # samples (2 ms) per frame of the energy envelope used for the coarse search
+
+
+def _pooled_correlation(pairs: list[tuple[np.ndarray, np.ndarray]], lags: np.ndarray) -> np.ndarray:
+    """Sum over (reference, output) pairs of their normalised cross-correlation at `lags`:
+    sum_t reference[t] * output[t + lag] / (|reference| |output|)."""
+    total = np.zeros(len(lags))
+    for reference, output in pairs:
+        size = len(reference) + len(output) - 1
+        n = 1 << max(size - 1, 1).bit_length()
+        corr = np.fft.irfft(np.conj(np.fft.rfft(reference, n)) * np.fft.rfft(output, n), n)
+        norm = np.linalg.norm(reference) * np.linalg.norm(output)
+        valid = (lags > -len(reference)) & (lags < len(output))
+        if norm > 0:
+            total[valid] += corr[lags[valid] % n] / norm
+    return total
+
+
+def _envelope(x: np.ndarray) -> np.ndarray:
+    """Frame RMS every ENVELOPE_HOP samples, mean removed: [T] -> [T // ENVELOPE_HOP]."""
+    frames = x[: len(x) // ENVELOPE_HOP * ENVELOPE_HOP].astype(np.float64).reshape(-1, ENVELOPE_HOP)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return rms - rms.mean()
+
+
+def system_delay(pairs: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -> int:
+    """One codec's delay in samples (> 0: its output is late), from (reference, output) pairs.
+
+    Coarse: the lag of the pooled cross-correlation of energy envelopes (phase-blind, so it holds
+    for vocoders). Fine: the pooled waveform cross-correlation within one envelope frame of it."""
+    if max_lag <= 0 or not pairs:
+        return 0
+    frames = max_lag // ENVELOPE_HOP
+    coarse_lags = np.arange(-frames, frames + 1)
+    coarse = _pooled_correlation([(_envelope(r), _envelope(o)) for r, o in pairs], coarse_lags)
+    centre = int(coarse_lags[np.argmax(coarse)]) * ENVELOPE_HOP if np.any(coarse > 0) else 0
+    fine_lags = np.arange(centre - ENVELOPE_HOP, centre + ENVELOPE_HOP + 1)
+    fine_lags = fine_lags[np.abs(fine_lags) <= max_lag]
+    fine = _pooled_correlation([(r.astype(np.float64), o.astype(np.float64)) for r, o in pairs], fine_lags)
+    return int(fine_lags[np.argmax(fine)]) if np.any(fine > 0) else centre
 
 
 @dataclass(frozen=True)
