@@ -2,7 +2,9 @@
 
 Jobs wait in buckets keyed by what must match inside a batch (for the codec: the number of
 levels and a length class, so that a 1 s clip is not padded to 10 s). A bucket is run when it is
-full or when its oldest job has waited `max_wait`; the model function runs in the model's
+full, when its oldest job has waited `max_wait`, or at once when no other job is on its way:
+routes announce a request while they read and check its body (`expecting`), so a lone request
+on an idle server never waits for company that is not coming. The model function runs in the model's
 executor, off the event loop, one batch at a time. The queue is bounded (`QueueFull`), a job
 that is not answered within its timeout fails with `QueueTimeout`, and a job whose caller goes
 away (cancelled: client disconnect, timeout) leaves the queue at once and never reaches the model.
@@ -14,7 +16,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -52,6 +55,19 @@ class _Job(Generic[P, R]):
     enqueued: float = field(default_factory=time.monotonic)
 
 
+class Expected:
+    """A job announced to a batcher before it is submitted; it counts until submitted or dropped."""
+
+    def __init__(self, batcher: DynamicBatcher):
+        self._batcher: DynamicBatcher | None = batcher
+
+    def release(self) -> None:
+        if self._batcher is not None:
+            self._batcher._incoming -= 1
+            self._batcher._changed()
+            self._batcher = None
+
+
 class BatchObserver:
     """Hooks for metrics; the default does nothing."""
 
@@ -80,6 +96,7 @@ class DynamicBatcher(Generic[P, R]):
         self._buckets: dict[Hashable, deque[_Job]] = {}
         self._limits: dict[Hashable, int] = {}
         self._size = 0
+        self._incoming = 0  # announced jobs not yet submitted (see `expecting`)
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
@@ -103,8 +120,22 @@ class DynamicBatcher(Generic[P, R]):
         self._buckets.clear()
         self._size = 0
 
-    async def submit(self, key: Hashable, payload: P, timeout: float, alone: bool = False) -> R:
+    @contextmanager
+    def expecting(self) -> Iterator[Expected]:
+        """Announce a job that will be submitted soon (pass it to `submit`), so that batches
+        wait for it; leaving the block without submitting withdraws it."""
+        self._incoming += 1
+        expected = Expected(self)
+        try:
+            yield expected
+        finally:
+            expected.release()
+
+    async def submit(self, key: Hashable, payload: P, timeout: float, alone: bool = False,
+                     expected: Expected | None = None) -> R:
         """Queue one job and wait for its result; `alone` jobs run in a batch of their own."""
+        if expected is not None:
+            expected.release()
         if self._worker is None:
             raise BatcherStopped(f"{self.name} queue is not running")
         if self._size >= self.max_queue:
@@ -151,7 +182,9 @@ class DynamicBatcher(Generic[P, R]):
             return None, math.inf
         oldest = min(candidates, key=lambda k: self._buckets[k][0].enqueued)
         due = self._buckets[oldest][0].enqueued + self.max_wait
-        return (oldest, 0.0) if full or due <= now else (None, due - now)
+        if full or due <= now or self._incoming <= 0:
+            return oldest, 0.0
+        return None, due - now
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

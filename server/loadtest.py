@@ -86,14 +86,9 @@ async def open_loop(url: str, clip: bytes, clip_seconds: float, rate: float, dur
     return RunResult(rate, count, len(latencies), rejected, len(latencies) * clip_seconds / wall, *map(float, q))
 
 
-def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: int, threads: int,
-                       headers: dict) -> dict[str, tuple[float, float]]:
-    """{"encode" | "decode": (median in-process seconds, median seconds over HTTP)} for one clip.
-
-    In-process and HTTP calls alternate, one of each per round, so that whatever else slows the
-    machine (frequency scaling, a neighbour) slows both alike; the server is idle otherwise.
-    In-process encoding reads the same file bytes and decoding writes the same WAV bytes."""
-    import httpx
+def _in_process_worker(connection, checkpoint: str | None, clip: bytes, stream: bytes, threads: int) -> None:
+    """A separate process calling the codec directly: gets ("encode" | "decode", n), runs the
+    call n times, sends back the n durations; None ends it."""
     import torch
 
     from codec import Codec
@@ -101,29 +96,65 @@ def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: i
 
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint)
-    stream = codec.to_bytes(codec.encode_file(clip))
+    calls = {
+        "encode": lambda: codec.encode_file(clip),
+        "decode": lambda: write_audio(io.BytesIO(), codec.decode(codec.from_bytes(stream))[0], codec.sample_rate),
+    }
+    for call in calls.values():
+        call()  # warm up
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        op, count = request
+        durations = []
+        for _ in range(count):
+            start = time.perf_counter()
+            calls[op]()
+            durations.append(time.perf_counter() - start)
+        connection.send(durations)
 
-    def local_encode():
-        codec.encode_file(clip)
 
-    def local_decode():
-        write_audio(io.BytesIO(), codec.decode(codec.from_bytes(stream))[0], codec.sample_rate)
+def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: int, threads: int,
+                       headers: dict, block: int = 5) -> dict[str, tuple[float, float]]:
+    """{"encode" | "decode": (median in-process seconds, median seconds over HTTP)} for one clip.
+
+    The in-process calls run in a process of their own that loads the codec and calls it, as a
+    user's script would; this process only sends HTTP requests. The two take turns in blocks of
+    `block` calls, so that whatever else slows the machine (frequency scaling, a neighbour) slows
+    both alike, and each runs on an otherwise idle machine. In-process encoding reads the same
+    file bytes and decoding writes the same WAV bytes."""
+    import multiprocessing
+
+    import httpx
 
     times: dict[str, tuple[list[float], list[float]]] = {"encode": ([], []), "decode": ([], [])}
     with httpx.Client(base_url=url, timeout=300, headers=headers) as client:
+        stream = client.post("/encode", content=clip, headers={"content-type": "audio/wav", "accept": STREAM}).content
         remote = {
             "encode": lambda: client.post("/encode", content=clip, headers={"content-type": "audio/wav"}).raise_for_status(),
             "decode": lambda: client.post("/decode", content=stream, headers={"content-type": STREAM}).raise_for_status(),
         }
-        local = {"encode": local_encode, "decode": local_decode}
-        for op in times:
-            local[op](), remote[op]()  # warm up both paths and the connection
-        for _ in range(repeats):
-            for op, (local_times, remote_times) in times.items():
-                for call, into in ((local[op], local_times), (remote[op], remote_times)):
-                    start = time.perf_counter()
-                    call()
-                    into.append(time.perf_counter() - start)
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        worker = context.Process(target=_in_process_worker, args=(child, checkpoint, clip, stream, threads))
+        worker.start()
+        try:
+            if parent.recv() != "ready":
+                raise RuntimeError("the in-process worker failed to start")
+            for op in times:
+                remote[op]()  # warm up the server path and the connection
+            for _ in range(max(1, repeats // block)):
+                for op, (local_times, remote_times) in times.items():
+                    time.sleep(0.2)
+                    parent.send((op, block))
+                    local_times.extend(parent.recv())
+                    time.sleep(0.2)
+                    for _ in range(block):
+                        start = time.perf_counter()
+                        remote[op]()
+                        remote_times.append(time.perf_counter() - start)
+        finally:
+            parent.send(None)
+            worker.join(60)
     return {op: (statistics.median(a), statistics.median(b)) for op, (a, b) in times.items()}
 
 
@@ -221,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, size in batches.items():
         print_table(f"{name} (max batch {size}), {args.clip_seconds:g} s clips, {args.threads} threads", tables[name])
 
-    print(f"\none {args.clip_seconds:g} s clip at a time, in-process and HTTP calls alternating (median of {args.repeats}):")
+    print(f"\none {args.clip_seconds:g} s clip at a time, in-process (a separate process) and HTTP calls in "
+          f"alternating blocks (median of {args.repeats}):")
     for op, (local, http) in latencies.items():
         print(f"  {op}: in-process {local * 1000:7.1f} ms, over HTTP {http * 1000:7.1f} ms, "
               f"overhead {100 * (http / local - 1):+.1f}%")

@@ -7,6 +7,7 @@ import io
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import numpy as np
 import soundfile as sf
 import torch
 from fastapi import Request, Response
@@ -47,7 +48,8 @@ def audio_format(request: Request, requested: str | None) -> str:
 
 def _encode_audio(wav: torch.Tensor, sample_rate: int, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    data = wav.reshape(-1).clamp(-1, 1).numpy()
+    # NumPy, not PyTorch: this runs outside the model thread (see server.engine).
+    data = np.clip(wav.reshape(-1).numpy(), -1.0, 1.0)
     sf.write(buffer, data, sample_rate, format=fmt.upper(), subtype="PCM_16")
     return buffer.getvalue()
 

@@ -66,6 +66,29 @@ def test_full_bucket_runs_without_waiting_and_respects_max_size():
     assert elapsed < 10  # never waited out max_wait
 
 
+def test_a_lone_job_waits_only_for_announced_company():
+    async def main():
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=8, max_wait=30)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await batcher.submit("k", 1, timeout=5) == 10  # nothing announced: runs at once
+        alone = loop.time() - start
+
+        async def late_request(expected, value):
+            await asyncio.sleep(0.3)  # still reading its body
+            return await batcher.submit("k", value, timeout=5, expected=expected)
+
+        with batcher.expecting() as first, batcher.expecting() as second:
+            results = await asyncio.gather(batcher.submit("k", 2, timeout=5, expected=first), late_request(second, 3))
+        await batcher.stop()
+        return recorder, alone, results, loop.time() - start
+
+    recorder, alone, results, total = run(main())
+    assert alone < 5 and total < 10 and results == [20, 30]
+    assert [items for _, items in recorder.batches] == [[1], [2, 3]]  # the announced job joined the batch
+
+
 def test_alone_jobs_run_by_themselves():
     async def main():
         recorder = Recorder()
@@ -108,7 +131,7 @@ def test_timeout_answers_and_drops_the_job():
     async def main():
         recorder = Recorder()
         batcher = await started(recorder, max_batch_size=4, max_wait=1.0)
-        with pytest.raises(QueueTimeout):
+        with batcher.expecting(), pytest.raises(QueueTimeout):  # company announced, never submitted
             await batcher.submit("k", 1, timeout=0.1)
         assert batcher.depth == 0
         await asyncio.sleep(1.2)

@@ -52,13 +52,14 @@ async def decode(
     format: Annotated[Literal["wav", "flac"] | None, Query(description="default: from Accept, else wav")] = None,
 ):
     media = content_type(request)
-    if media == "application/json":
-        job = await run_in_threadpool(_parse_json, engine, await _json_body(request, engine))
-    elif media == STREAM_TYPE:
-        job = await run_in_threadpool(engine.check_stream, await request.body())
-    else:
+    if media not in ("application/json", STREAM_TYPE):
         raise unsupported(media, ("application/json", STREAM_TYPE))
-    wav = await unless_disconnected(request, engine.decode(job))
+    with engine.decoder.expecting() as expected:  # batches forming now wait for this one
+        if media == "application/json":
+            job = await run_in_threadpool(_parse_json, engine, await _json_body(request, engine))
+        else:
+            job = await run_in_threadpool(engine.check_stream, await request.body())
+        wav = await unless_disconnected(request, engine.decode(job, expected))
     return await audio_response(wav, engine.codec.sample_rate, audio_format(request, format))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from codec.api import EncodedAudio
 from server.deps import Authorized, EngineDep
@@ -53,9 +52,10 @@ async def encode(
     bitrate: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="kbps; default: the highest",
                                            examples=[3.0])] = None,
 ):
-    data = await _read_audio(request)
-    job = await run_in_threadpool(engine.open_audio, data, bitrate)
-    codes = await unless_disconnected(request, engine.encode(job))  # [K, N]
+    with engine.encoder.expecting() as expected:  # batches forming now wait for this one
+        data = await _read_audio(request)
+        job = await engine.read_audio(data, bitrate)
+        codes = await unless_disconnected(request, engine.encode(job, expected))  # [K, N]
     codec = engine.codec
     if accepts(request, STREAM_TYPE):
         encoded = EncodedAudio(codes[None], job.num_samples, codec.sample_rate, codec.model_id)
