@@ -4,7 +4,8 @@ Jobs wait in buckets keyed by what must match inside a batch (for the codec: the
 levels and a length class, so that a 1 s clip is not padded to 10 s). A bucket is run when it is
 full, when its oldest job has waited `max_wait`, or at once when no other job is on its way:
 routes announce a request while they read and check its body (`expecting`), so a lone request
-on an idle server never waits for company that is not coming. The model function runs in the model's
+on an idle server never waits for company that is not coming; announced requests count against
+the queue's bound. The model function runs in the model's
 executor, off the event loop, one batch at a time. The queue is bounded (`QueueFull`), a job
 that is not answered within its timeout fails with `QueueTimeout`, and a job whose caller goes
 away (cancelled: client disconnect, timeout) leaves the queue at once and never reaches the model.
@@ -123,7 +124,11 @@ class DynamicBatcher(Generic[P, R]):
     @contextmanager
     def expecting(self) -> Iterator[Expected]:
         """Announce a job that will be submitted soon (pass it to `submit`), so that batches
-        wait for it; leaving the block without submitting withdraws it."""
+        wait for it; leaving the block without submitting withdraws it. Announced jobs count
+        against `max_queue` (QueueFull here), so a request is refused before its body is read,
+        and requests still waiting to be read cannot pile up beyond the bound."""
+        if self._size + self._incoming >= self.max_queue:
+            raise QueueFull(f"{self.name} queue is full ({self.max_queue} waiting)")
         self._incoming += 1
         expected = Expected(self)
         try:

@@ -29,7 +29,7 @@ from codec import Codec
 from codec.audio import FileSource, open_audio
 from codec.errors import InvalidAudioError
 from codec.windowing import decode_windows, encode_source
-from server.batching import DynamicBatcher, Expected, length_bucket
+from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable
 from server.metrics import Metrics
 from server.settings import Settings
@@ -104,8 +104,13 @@ class CodecEngine:
     # Input checks.
 
     async def read_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
-        """`open_audio` in the model's thread (it converts and resamples with PyTorch)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.open_audio, data, bitrate)
+        """`open_audio` in the model's thread (it converts and resamples with PyTorch), waiting
+        at most the request timeout for that thread (QueueTimeout); not started, it never runs."""
+        work = asyncio.get_running_loop().run_in_executor(self.executor, self.open_audio, data, bitrate)
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except asyncio.TimeoutError:
+            raise QueueTimeout(f"audio not read within {self.timeout:g} s: the model is busy") from None
 
     def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
         """Check audio bytes from their header before decoding any samples, then read them."""

@@ -89,6 +89,22 @@ def test_a_lone_job_waits_only_for_announced_company():
     assert [items for _, items in recorder.batches] == [[1], [2, 3]]  # the announced job joined the batch
 
 
+def test_announced_jobs_count_against_the_queue_bound():
+    async def main():
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=4, max_wait=0.05, max_queue=2)
+        with batcher.expecting() as first, batcher.expecting():
+            with pytest.raises(QueueFull), batcher.expecting():  # two announced: no room for a third
+                pass
+            result = await batcher.submit("k", 1, timeout=5, expected=first)
+        with batcher.expecting(), batcher.expecting():  # both withdrawn: room again
+            pass
+        await batcher.stop()
+        return result
+
+    assert run(main()) == 10
+
+
 def test_alone_jobs_run_by_themselves():
     async def main():
         recorder = Recorder()

@@ -247,13 +247,12 @@ def test_long_inputs_take_the_windowed_path(tiny_checkpoint):
 def test_full_queue_is_503_and_slow_answer_is_504(tiny_checkpoint):
     raw = {"content-type": "audio/wav"}
     with client(tiny_checkpoint, max_queue=1) as busy, held_model(busy) as release, ThreadPoolExecutor(2) as pool:
-        def depth():
-            return metric(busy.get("/metrics").text, "codec_queue_depth", queue="encode")
-
         running = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
         assert release.entered.wait(10), "the first request never reached the model"
+        # The second request is admitted; it waits for the model thread to read its audio.
         waiting = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
-        wait_for(lambda: depth() == 1, "the second request never reached the queue")
+        wait_for(lambda: metric(busy.get("/metrics").text, "codec_requests_in_flight") == 3,
+                 "the second request never arrived")
         rejected = busy.post("/encode", content=audio_bytes(0.3), headers=raw)
         release.set()
         assert running.result().status_code == 200 and waiting.result().status_code == 200
@@ -262,12 +261,16 @@ def test_full_queue_is_503_and_slow_answer_is_504(tiny_checkpoint):
     with client(tiny_checkpoint, request_timeout_s=0.3) as slow, held_model(slow) as release, ThreadPoolExecutor(1) as pool:
         running = pool.submit(slow.post, "/encode", content=audio_bytes(0.3), headers=raw)
         assert release.entered.wait(10), "the first request never reached the model"
+        # The second waits for the busy model thread to read its audio, past its timeout.
         assert_error(slow.post("/encode", content=audio_bytes(0.3), headers=raw), 504, "timed out")
+        assert_error(running.result(), 504, "timed out")  # the first, in the held model
         release.set()
-        running.result()
-        # The request that timed out in the queue never reached the model.
         wait_for(lambda: metric(slow.get("/metrics").text, "codec_batch_size_count", queue="encode") == 1, "no batch ran")
-        assert metric(slow.get("/metrics").text, "codec_batch_size_sum", queue="encode") == 1
+        time.sleep(0.2)
+        text = slow.get("/metrics").text
+    # The request that timed out before its audio was read never reached the model.
+    assert metric(text, "codec_batch_size_sum", queue="encode") == 1
+    assert metric(text, "codec_errors_total", kind="timeout") == 2
 
 
 def test_a_client_that_disconnects_leaves_the_queue(tiny_checkpoint):

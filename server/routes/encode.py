@@ -54,8 +54,12 @@ async def encode(
 ):
     with engine.encoder.expecting() as expected:  # batches forming now wait for this one
         data = await _read_audio(request)
-        job = await engine.read_audio(data, bitrate)
-        codes = await unless_disconnected(request, engine.encode(job, expected))  # [K, N]
+
+        async def read_and_encode():
+            job = await engine.read_audio(data, bitrate)  # waits for the model thread, like the batch
+            return job, await engine.encode(job, expected)  # codes [K, N]
+
+        job, codes = await unless_disconnected(request, read_and_encode())
     codec = engine.codec
     if accepts(request, STREAM_TYPE):
         encoded = EncodedAudio(codes[None], job.num_samples, codec.sample_rate, codec.model_id)
