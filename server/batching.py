@@ -64,8 +64,7 @@ class Expected:
 
     def release(self) -> None:
         if self._batcher is not None:
-            self._batcher._incoming -= 1
-            self._batcher._changed()
+            self._batcher._withdraw()
             self._batcher = None
 
 
@@ -169,6 +168,11 @@ class DynamicBatcher(Generic[P, R]):
             if not bucket:
                 self._drop(job.bucket)
             self._changed()
+
+    def _withdraw(self) -> None:
+        """One announced job was submitted or given up."""
+        self._incoming -= 1
+        self._changed()
 
     def _drop(self, key: Hashable) -> None:
         del self._buckets[key]

@@ -5,9 +5,10 @@ free and batches never compete for the same cores (or GPU). So does every other 
 of a request (reading and resampling its audio): a parallel PyTorch op on any other thread gives
 that thread an OpenMP team of its own, and with more OpenMP threads than cores libgomp stops
 letting its workers spin between parallel regions, which made every model call ~30% slower
-(measured: 41 ms when one thread runs all PyTorch work, 54 ms when another thread has run some). Inputs up to `batch_max_seconds`
-are batched: items are zero-padded to the longest in their length bucket and cropped afterwards.
-The padding is silence the model sees past an item's end, so the codes of its last few frames
+(measured: 41 ms when one thread runs all PyTorch work, 54 ms when another thread has run some).
+
+Inputs up to `batch_max_seconds` are batched: items are zero-padded to the longest in their
+length bucket and cropped afterwards. The padding is silence the model sees past an item's end, so the codes of its last few frames
 (within the encoder's receptive field) can differ from those of an unbatched call; set
 `max_batch_size=1` for bit-exact reproducibility. Longer inputs run alone, through the codec's
 windowed encoder and decoder, in bounded memory.

@@ -37,18 +37,22 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> f
     return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
 
 
+def _correlation(reference: np.ndarray, output: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """sum_t reference[t] * output[t + lag] for each lag (0 where the signals do not overlap)."""
+    size = len(reference) + len(output) - 1
+    n = 1 << max(size - 1, 1).bit_length()  # a power of two >= size: fast FFTs, no wrap-around
+    corr = np.fft.irfft(np.conj(np.fft.rfft(reference, n)) * np.fft.rfft(output, n), n)
+    valid = (lags > -len(reference)) & (lags < len(output))
+    return np.where(valid, corr[lags % n], 0.0)
+
+
 def find_lag(reference: np.ndarray, output: np.ndarray, max_lag: int) -> int:
     """The lag d in [-max_lag, max_lag] maximising sum_t reference[t] * output[t + d].
 
     d > 0 means the output is late. A silent output has no defined lag; it gets 0.
     """
-    size = len(reference) + len(output) - 1
-    n = 1 << max(size - 1, 1).bit_length()  # a power of two >= size: fast FFTs, no wrap-around
-    spectrum = np.conj(np.fft.rfft(reference, n)) * np.fft.rfft(output, n)
-    corr = np.fft.irfft(spectrum, n)
     lags = np.arange(-max_lag, max_lag + 1)
-    lags = lags[(lags > -len(reference)) & (lags < len(output))]
-    values = corr[lags % n]
+    values = _correlation(reference, output, lags)
     if not np.any(values > 0):
         return 0
     return int(lags[np.argmax(values)])
@@ -76,13 +80,9 @@ def _pooled_correlation(pairs: list[tuple[np.ndarray, np.ndarray]], lags: np.nda
     sum_t reference[t] * output[t + lag] / (|reference| |output|)."""
     total = np.zeros(len(lags))
     for reference, output in pairs:
-        size = len(reference) + len(output) - 1
-        n = 1 << max(size - 1, 1).bit_length()
-        corr = np.fft.irfft(np.conj(np.fft.rfft(reference, n)) * np.fft.rfft(output, n), n)
         norm = np.linalg.norm(reference) * np.linalg.norm(output)
-        valid = (lags > -len(reference)) & (lags < len(output))
         if norm > 0:
-            total[valid] += corr[lags[valid] % n] / norm
+            total += _correlation(reference, output, lags) / norm
     return total
 
 
