@@ -168,6 +168,15 @@ class VectorQuantizer(nn.Module):
         if self.config.update == "ema":
             self.embed_sum[dead] = replacement * average
 
+    @staticmethod
+    def _active_vectors(z: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active items' vectors of z [B, d, N]: as [B', N, d], and flat and detached as
+        [B' * N, d] (all items' vectors when none is active)."""
+        selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
+        if not selected.shape[0]:
+            return selected, z.transpose(1, 2).reshape(-1, z.shape[1]).detach()
+        return selected, selected.reshape(-1, z.shape[1]).detach()
+
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
         """Quantize x [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
         [B, N], commitment loss [B], codebook loss [B]). `active` [B] (bool) marks the items that
@@ -175,19 +184,24 @@ class VectorQuantizer(nn.Module):
         z = self.in_proj(x)  # [B, d, N]
         batch, dim, frames = z.shape
         flat = z.transpose(1, 2).reshape(-1, dim)
+        # Vectors of the items that use this level: in the upper levels, an item that stopped
+        # earlier passes on an unquantized residual, far larger than those this level sees at
+        # inference, so the codebook is initialised and restarted from the active items only.
+        # (A rank with no active item falls back to all of its vectors; rank 0's choice is
+        # broadcast either way.)
+        selected, samples = self._active_vectors(z, active)
         if self.training and not bool(self.initialized):
-            self._initialize(flat.detach())
+            self._initialize(samples)
         codes = self.nearest(flat.detach()).view(batch, frames)
         if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)):
             z = self.in_proj(x)  # recomputed through the centred projection, for its gradients
             flat = z.transpose(1, 2).reshape(-1, dim)
             codes = self.nearest(flat.detach()).view(batch, frames)
+            selected, samples = self._active_vectors(z, active)
         if self.training:
-            selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
             selected_codes = codes[active] if active is not None else codes
             self._update_statistics(selected.reshape(-1, dim).detach(), selected_codes.reshape(-1))
-            # Replacements come from all items' vectors: never empty, on any rank.
-            self._restart_dead_codes(flat.detach())
+            self._restart_dead_codes(samples)
         z_q = self.lookup(codes)
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
         codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else torch.zeros_like(commitment)

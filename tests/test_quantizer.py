@@ -88,3 +88,24 @@ def test_every_euclidean_level_removes_part_of_the_residual():
     assert all(later < 0.85 * earlier for earlier, later in zip([energy] + errors, errors)), (energy, errors)
     assert errors[-1] < 0.4 * energy, (energy, errors)
     assert torch.allclose(decoded, rvq(x, 4).quantized, atol=1e-5)
+
+
+def test_initialisation_and_restarts_use_only_the_items_that_use_the_level():
+    """In an upper level, items that stopped earlier pass on large unquantized residuals; entries
+    placed on them would never be chosen at inference."""
+    torch.manual_seed(0)
+    config = QuantizerConfig(num_levels=1, codebook_size=64, dim=16)
+    active = torch.tensor([True, False] * 4)
+    x = torch.randn(8, 16, 50)
+    x[~active] *= 100  # the inactive items' residuals
+    level = VectorQuantizer(config).train()
+    level(x, active)
+    assert level.codebook.norm(dim=1).max() < 20  # k-means on the active items' vectors only
+    with torch.no_grad():
+        level.cluster_size[:16] = 0  # entries 0..15 look dead
+    level(x, active)
+    assert level.codebook[:16].norm(dim=1).max() < 20
+    # No active item on this rank: the level still initialises (from all of its vectors).
+    fresh = VectorQuantizer(config).train()
+    fresh(x, torch.zeros(8, dtype=torch.bool))
+    assert bool(fresh.initialized)
