@@ -12,6 +12,7 @@ import torch
 from conftest import harmonic_signal
 
 from training import evaluate
+from training.data import read_manifest
 from training.baselines import ogg_packets, opus_audio_packets, opus_bandwidths
 from training.metrics import align, find_lag, si_sdr, system_delay
 
@@ -140,3 +141,23 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
         assert float(u["used_fraction"]) == pytest.approx(len(row.unique()) / 64, abs=1e-4)
     printed = capsys.readouterr().out
     assert "PESQ-WB" in printed and "2 files" in printed and "codebook usage" in printed
+
+
+def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_path, capsys):
+    checkpoint = tmp_path / "tiny.safetensors"
+    tiny_codec.save(checkpoint)
+    out = tmp_path / "eval"
+    evaluate.main(["--manifest", str(tiny_corpus), "--split", "train", "--kind", "music", "--checkpoint",
+                   str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--usage-whole-split", "--out", str(out)])
+    with (out / "usage.csv").open() as handle:
+        usage = list(csv.DictReader(handle))
+    sets = list(dict.fromkeys(u["files"] for u in usage))
+    assert len(sets) == 2 and sets[0].startswith("scored files") and sets[1].startswith("whole train split")
+    # The whole split: all 8 training clips, speech and music, not just the 2 scored music clips.
+    train = read_manifest(tiny_corpus, "train")
+    assert len(train) == 8 and {c.kind for c in train} == {"speech", "music"}
+    codes = torch.cat([tiny_codec.encode(*load_16k(c.path)).codes for c in train], dim=-1)
+    whole = [u for u in usage if u["files"] == sets[1]]
+    for u, row in zip(whole, codes[0], strict=True):
+        assert float(u["used_fraction"]) == pytest.approx(len(row.unique()) / 64, abs=1e-4)
+    assert "whole train split" in capsys.readouterr().out

@@ -8,7 +8,8 @@ Every system is charged the size of the file it writes (ours: the codec.bitstrea
 included; Opus: the Ogg file; Codec2: the .c2 file). Each system's delay is measured once,
 on the first files (training.metrics.system_delay), and removed from all its outputs before they are
 scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
-Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over all the files),
+Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over the scored files and,
+with --usage-whole-split, over the whole split),
 rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
 """
 
@@ -261,10 +262,19 @@ def measure_usage(codec: Codec, files: list[AudioFile]) -> list[LevelUsage]:
     return codebook_usage(torch.cat(codes, dim=-1), codec.config.quantizer.codebook_size)
 
 
-def format_usage(usage: list[LevelUsage], codebook_size: int) -> str:
-    lines = [f"codebook usage over all files ({codebook_size} entries per level):",
-             "level  used   perplexity"]
-    lines += [f"{u.level + 1:>5}  {100 * u.used_fraction:4.1f}%  {u.perplexity:10.1f}" for u in usage]
+def whole_split(args: argparse.Namespace) -> list[AudioFile]:
+    """Every file of the manifest's split, of every kind."""
+    root = Path(args.manifest).parent
+    return [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in read_manifest(args.manifest, args.split)]
+
+
+def format_usage(usage: dict[str, list[LevelUsage]], codebook_size: int) -> str:
+    names = list(usage)
+    lines = [f"codebook usage: entries used at least once of {codebook_size} per level (perplexity)",
+             "level  " + "  ".join(f"{name:>28}" for name in names)]
+    for level in range(len(usage[names[0]])):
+        cells = [f"{100 * usage[n][level].used_fraction:5.1f}% ({usage[n][level].perplexity:6.1f})" for n in names]
+        lines.append(f"{level + 1:>5}  " + "  ".join(f"{cell:>28}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -306,9 +316,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     minutes = sum(f.seconds for f in files) / 60
     plots.rate_distortion(summary, out / "rate_distortion.png", f"{len(files)} files, {minutes:.1f} min")
     plots.spectrograms(render_examples(systems, files, args.examples, delays), out / "spectrograms.png")
-    usage = measure_usage(codec, files) if codec is not None else []
-    if usage:
-        write_csv(out / "usage.csv", [asdict(u) for u in usage])
+    usage: dict[str, list[LevelUsage]] = {}
+    if codec is not None:
+        usage[f"scored files, {minutes:.1f} min"] = measure_usage(codec, files)
+        if args.usage_whole_split and args.manifest:
+            split = whole_split(args)
+            usage[f"whole {args.split} split, {sum(f.seconds for f in split) / 60:.1f} min"] = measure_usage(codec, split)
+        write_csv(out / "usage.csv", [{"files": name, **asdict(u)} for name, levels in usage.items() for u in levels])
 
     print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
           "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
@@ -347,6 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process; more than one is slower when the cores are busy")
+    parser.add_argument("--usage-whole-split", action="store_true",
+                        help="also measure codebook usage over every file of --split, of every kind")
     parser.add_argument("--out", default="docs/eval")
     return parser.parse_args(argv)
 
