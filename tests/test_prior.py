@@ -167,3 +167,31 @@ def test_prior_evaluation_reports_exact_coding_and_real_file_sizes(tiny_corpus, 
         assert float(row["bits_per_token"]) == pytest.approx(bits / sum(e.codes.numel() for e in encoded), rel=1e-3)
         assert int(row["entropy_file_bytes"]) > 0
     assert "bits/token" in capsys.readouterr().out
+
+
+def _tiny_prior_run(tiny_codec, tiny_corpus, tmp_path) -> list[str]:
+    """Arguments of a tiny prior training run on the tiny corpus's tokens."""
+    for split in ("train", "val"):
+        tokenize(tiny_codec, list_inputs(tiny_corpus, split), tmp_path / split, progress=False)
+        write_index(tmp_path / split, 1)
+    return ["--train_tokens", str(tmp_path / "train"), "--val_tokens", str(tmp_path / "val"), "--dim", "32",
+            "--layers", "1", "--heads", "2", "--depth_hidden", "32", "--context", "20", "--batch_size", "2",
+            "--seq_frames", "16", "--warmup_steps", "2", "--val_every", "4", "--save_every", "3", "--val_frames", "40"]
+
+
+def test_prior_training_resumes_exactly_and_validates_its_last_step(tiny_codec, tiny_corpus, tmp_path):
+    from training import train_prior
+
+    args = _tiny_prior_run(tiny_codec, tiny_corpus, tmp_path)
+    train_prior.main(args + ["--run_dir", str(tmp_path / "whole"), "--steps", "6"])
+    train_prior.main(args + ["--run_dir", str(tmp_path / "split"), "--steps", "3"])
+    train_prior.main(args + ["--run_dir", str(tmp_path / "split"), "--steps", "6"])  # resumes at step 3
+    whole = TokenPrior.load(tmp_path / "whole" / "last.safetensors").model.state_dict()
+    split = TokenPrior.load(tmp_path / "split" / "last.safetensors").model.state_dict()
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    # Validated every 4 steps and once more at the end, which stopped between validations.
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val" in r] == [4, 6]
+    best = TokenPrior.load(tmp_path / "whole" / "best.safetensors")
+    assert best.config.codec_model_id == tiny_codec.model_id

@@ -92,8 +92,8 @@ def evaluate(model: TokenPriorModel, stream: torch.Tensor, frames: int, seq_fram
             "bits_per_level": [round(bits(float(x)), 3) for x in per_level]}
 
 
-def main() -> None:
-    config = parse_config(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -130,6 +130,17 @@ def main() -> None:
         save_training_state(state_path, modules, optimizers, schedulers, generators, info)
         TokenPrior(model, "prior").save(run_dir / "last.safetensors")
 
+    def validate(best: float) -> float:
+        """Score the model on validation tokens; keep it as best.safetensors if it beats `best`."""
+        result = evaluate(model, val_stream, config.val_frames, config.seq_frames)
+        metrics.write(json.dumps({"step": step, "val": result}) + "\n")
+        metrics.flush()
+        tqdm.write(f"step {step}: val {json.dumps(result)}")
+        if result["bits_per_token"] < best:
+            best = result["bits_per_token"]
+            TokenPrior(model, "prior").save(run_dir / "best.safetensors")
+        return best
+
     metrics = (run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=config.steps, initial=step, dynamic_ncols=True)
     model.train()
@@ -154,15 +165,11 @@ def main() -> None:
             metrics.flush()
             bar.set_postfix(bits=f"{record['bits_per_token']:.3f}")
         if step % config.val_every == 0:
-            result = evaluate(model, val_stream, config.val_frames, config.seq_frames)
-            metrics.write(json.dumps({"step": step, "val": result}) + "\n")
-            metrics.flush()
-            tqdm.write(f"step {step}: val {json.dumps(result)}")
-            if result["bits_per_token"] < best:
-                best = result["bits_per_token"]
-                TokenPrior(model, "prior").save(run_dir / "best.safetensors")
+            best = validate(best)
         if step % config.save_every == 0:
             save()
+    if step % config.val_every:  # stopped between validations (--max_minutes): the last steps count too
+        best = validate(best)
     save()
     bar.close()
 
