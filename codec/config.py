@@ -54,6 +54,10 @@ class QuantizerConfig:
     # Entries whose EMA count falls below this fraction of the average entry's are restarted
     # from random vectors of the batch.
     dead_code_threshold: float = 0.1
+    # Only for "euclidean": a restarted entry is put this fraction of the way from the entry a
+    # random batch vector belongs to towards that vector, so it splits that entry's cell (1: on
+    # the vector itself, which in a high-dimensional space wins almost nothing).
+    split_step: float = 0.1
     # Only for "cosine": a training batch whose vectors use fewer distinct entries than this at
     # one level means the level's projection has collapsed onto one direction; it is then
     # centred and re-initialised. 0 switches the check off.

@@ -158,9 +158,17 @@ class VectorQuantizer(nn.Module):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
+        vectors = z[torch.randint(0, z.shape[0], (num_dead,), device=z.device)].float()
+        if self.config.distance == "euclidean":
+            # Split the entry a batch vector belongs to (as in the LBG algorithm): the new entry
+            # lies a little way from it towards the vector and takes over the half of its cell on
+            # that side. An entry placed on the vector itself wins almost nothing in a 128-d
+            # space, where a random vector is far closer to its cell's centre than to any other
+            # vector; the upper levels, whose residuals are nearly noise, lost most entries so.
+            owner = self.codebook[self.nearest(vectors)].float()
+            vectors = owner + self.config.split_step * (vectors - owner)
         # The same replacement vectors on every rank keep the codebooks identical under DDP.
-        replacement = z[torch.randint(0, z.shape[0], (num_dead,), device=z.device)].float()
-        replacement = _broadcast(replacement.contiguous())
+        replacement = _broadcast(vectors.contiguous())
         # A restarted entry starts with an average count, so it has time to win vectors before
         # it could be declared dead again.
         self.codebook.data[dead] = replacement

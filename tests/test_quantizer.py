@@ -109,3 +109,24 @@ def test_initialisation_and_restarts_use_only_the_items_that_use_the_level():
     fresh = VectorQuantizer(config).train()
     fresh(x, torch.zeros(8, dtype=torch.bool))
     assert bool(fresh.initialized)
+
+
+def _usage_on_noise(split_step: float) -> float:
+    """Share of 256 entries a level uses after training on 128-d noise with falling variances,
+    like the residual an upper level sees."""
+    torch.manual_seed(0)
+    level = VectorQuantizer(QuantizerConfig(num_levels=1, codebook_size=256, dim=128, split_step=split_step)).train()
+    scales = torch.linspace(1.0, 0.1, 128)[:, None]
+    for _ in range(300):
+        level(torch.randn(8, 128, 50) * scales)
+    level.eval()
+    with torch.no_grad():
+        codes = torch.cat([level(torch.randn(8, 128, 50) * scales)[1].flatten() for _ in range(4)])
+    return len(codes.unique()) / 256
+
+
+def test_restarted_entries_split_a_used_cell_and_stay_in_use():
+    # Restarted on a batch vector, an entry is farther from the next batches' vectors than the
+    # cells' centres are, and dies again.
+    assert _usage_on_noise(split_step=1.0) < 0.4
+    assert _usage_on_noise(split_step=0.1) > 0.9
