@@ -123,12 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     config = codec.config
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
+    q = config.quantizer
+    features = {"logmag": "STFT log-magnitudes", "compressed": "power-law compressed complex STFTs"}[config.encoder.features]
+    codes = (f"nearest in L2 distance among {q.dim}-d entries" if q.distance == "euclidean"
+             else f"factorized {q.codebook_dim}-d codes compared by cosine")
+    codes += ", EMA codebooks" if q.update == "ema" else ", codebooks learned by codebook loss"
     lines = [
         f"# Model card: {codec.model_id}",
         "",
-        "A VQ-VAE speech and audio codec: STFT-fed convolutional encoder, 12-level residual vector",
-        "quantizer (1024 entries a level, factorized 8-d codes learned by codebook loss), WaveNet decoder",
-        "with an inverse-STFT head.",
+        f"A VQ-VAE speech and audio codec: convolutional encoder fed {features}, {q.num_levels}-level "
+        f"residual vector quantizer ({q.codebook_size} entries a level, {codes}), WaveNet decoder with an "
+        f"inverse-STFT head{' and a linear latent -> log-magnitude path' if config.decoder.linear_skip else ''}.",
         "",
         f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
