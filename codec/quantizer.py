@@ -198,7 +198,9 @@ class VectorQuantizer(nn.Module):
         # (A rank with no active item falls back to all of its vectors; rank 0's choice is
         # broadcast either way.)
         selected, samples = self._active_vectors(z, active)
-        if self.training and not bool(self.initialized):
+        # The step that initialises a level restarts nothing: its counts hold one batch only.
+        initializing = self.training and not bool(self.initialized)
+        if initializing:
             self._initialize(samples)
         codes = self.nearest(flat.detach()).view(batch, frames)
         if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)):
@@ -209,7 +211,8 @@ class VectorQuantizer(nn.Module):
         if self.training:
             selected_codes = codes[active] if active is not None else codes
             self._update_statistics(selected.reshape(-1, dim).detach(), selected_codes.reshape(-1))
-            self._restart_dead_codes(samples)
+            if not initializing:
+                self._restart_dead_codes(samples)
         z_q = self.lookup(codes)
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
         codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else torch.zeros_like(commitment)
