@@ -178,12 +178,13 @@ class VectorQuantizer(nn.Module):
 
     @staticmethod
     def _active_vectors(z: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The active items' vectors of z [B, d, N]: as [B', N, d], and flat and detached as
-        [B' * N, d] (all items' vectors when none is active)."""
-        selected = z.transpose(1, 2)[active] if active is not None else z.transpose(1, 2)
-        if not selected.shape[0]:
-            return selected, z.transpose(1, 2).reshape(-1, z.shape[1]).detach()
-        return selected, selected.reshape(-1, z.shape[1]).detach()
+        """Flat, detached vectors of z [B, d, N]: the active items' [B' * N, d] (maybe none), and
+        those to sample codebook entries from: the same, or all items' when none is active."""
+        vectors = z.transpose(1, 2)
+        if active is not None:
+            vectors = vectors[active]
+        vectors = vectors.reshape(-1, z.shape[1]).detach()
+        return vectors, vectors if vectors.shape[0] else z.transpose(1, 2).reshape(-1, z.shape[1]).detach()
 
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
         """Quantize x [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
@@ -210,7 +211,7 @@ class VectorQuantizer(nn.Module):
             selected, samples = self._active_vectors(z, active)
         if self.training:
             selected_codes = codes[active] if active is not None else codes
-            self._update_statistics(selected.reshape(-1, dim).detach(), selected_codes.reshape(-1))
+            self._update_statistics(selected, selected_codes.reshape(-1))
             if not initializing:
                 self._restart_dead_codes(samples)
         z_q = self.lookup(codes)

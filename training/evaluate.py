@@ -79,11 +79,15 @@ class FileResult:
     bandwidths: dict[str, Counter]  # system name -> Opus packets per mode and bandwidth
 
 
+def manifest_files(manifest: str, split: str, kinds: tuple[str, ...] | None = None) -> list[AudioFile]:
+    """The manifest's files of this split (and these kinds; None: every kind), in manifest order."""
+    root = Path(manifest).parent
+    return [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in read_manifest(manifest, split, kinds)]
+
+
 def list_files(args: argparse.Namespace) -> list[AudioFile]:
     if args.manifest:
-        clips = read_manifest(args.manifest, args.split, tuple(args.kind) if args.kind else None)
-        root = Path(args.manifest).parent
-        files = [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in clips]
+        files = manifest_files(args.manifest, args.split, tuple(args.kind) if args.kind else None)
     else:
         folder = Path(args.folder)
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
@@ -262,12 +266,6 @@ def measure_usage(codec: Codec, files: list[AudioFile]) -> list[LevelUsage]:
     return codebook_usage(torch.cat(codes, dim=-1), codec.config.quantizer.codebook_size)
 
 
-def whole_split(args: argparse.Namespace) -> list[AudioFile]:
-    """Every file of the manifest's split, of every kind."""
-    root = Path(args.manifest).parent
-    return [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in read_manifest(args.manifest, args.split)]
-
-
 def format_usage(usage: dict[str, list[LevelUsage]], codebook_size: int) -> str:
     names = list(usage)
     lines = [f"codebook usage: entries used at least once of {codebook_size} per level (perplexity)",
@@ -320,7 +318,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if codec is not None:
         usage[f"scored files, {minutes:.1f} min"] = measure_usage(codec, files)
         if args.usage_whole_split and args.manifest:
-            split = whole_split(args)
+            split = manifest_files(args.manifest, args.split)
             usage[f"whole {args.split} split, {sum(f.seconds for f in split) / 60:.1f} min"] = measure_usage(codec, split)
         write_csv(out / "usage.csv", [{"files": name, **asdict(u)} for name, levels in usage.items() for u in levels])
 
