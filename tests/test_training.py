@@ -119,3 +119,63 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
     assert "trained 16 steps (10 in first, then 6 in second, each warm-started from the one before)" in card
     assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
     assert "| synthetic | speech | CC0 |" in card
+
+
+def test_decoder_fine_tuning_keeps_the_tokens_and_trains_the_gan(tiny_corpus, tmp_path):
+    tiny_run(tiny_corpus, tmp_path / "base", steps=6)
+    base = Codec.load(tmp_path / "base" / "last.safetensors")
+    tiny_run(tiny_corpus, tmp_path / "tuned", steps=4, init_from=str(tmp_path / "base" / "last.safetensors"),
+             freeze="encoder,quantizer", adversarial=True, adversarial_items=2, log_every=2)
+    tuned = Codec.load(tmp_path / "tuned" / "last.safetensors")
+    before, after = base.model.state_dict(), tuned.model.state_dict()
+    # Encoder weights and codebooks (EMA statistics included) are untouched; the decoder moved.
+    for name, tensor in before.items():
+        if name.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(tensor, after[name]), name
+    assert any(not torch.equal(t, after[n]) for n, t in before.items() if n.startswith("decoder."))
+    records = read_metrics(tmp_path / "tuned")
+    assert all(r["adv/loss"] > 0 and r["feat/loss"] > 0 and r["disc/loss"] > 0 for r in records)
+    wav = torch.randn(1, 1, 8000) * 0.1
+    assert torch.equal(base.model.encode(wav), tuned.model.encode(wav))
+
+
+@pytest.mark.parametrize("spec", ["encoder,quantizer,decoder", "encoder,bogus"])
+def test_freeze_rejects_unknown_or_all_parts(spec):
+    from training.train import frozen_parts
+
+    with pytest.raises(SystemExit):
+        frozen_parts(spec)
+
+
+@pytest.mark.slow
+def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_corpus, tmp_path, monkeypatch):
+    from codec.prior import PriorConfig, TokenPriorModel
+    from codec.prior_api import TokenPrior
+    from training import export
+
+    tiny_run(tiny_corpus, tmp_path / "base", steps=6)
+    tiny_run(tiny_corpus, tmp_path / "tuned", steps=3, init_from=str(tmp_path / "base" / "last.safetensors"),
+             freeze="encoder,quantizer")
+    tiny_run(tiny_corpus, tmp_path / "moved", steps=3, init_from=str(tmp_path / "base" / "last.safetensors"))
+    base = Codec.load(tmp_path / "base" / "last.safetensors")
+    prior_run = tmp_path / "prior"
+    prior_run.mkdir()
+    (prior_run / "metrics.jsonl").write_text("")
+    config = PriorConfig(num_levels=base.model.config.quantizer.num_levels, codebook_size=base.model.config.quantizer.codebook_size,
+                         dim=32, layers=1, heads=2, depth_hidden=32, context=64, codec_model_id=export.half_precision_id(base))
+    TokenPrior(TokenPriorModel(config), "prior:tiny").save(prior_run / "best.safetensors")
+    (prior_run / "state.safetensors").write_bytes((tmp_path / "base" / "state.safetensors").read_bytes())
+    assets = tmp_path / "assets"
+    monkeypatch.setattr(export, "ASSETS", assets)
+    monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
+    monkeypatch.setattr(export, "BUNDLED_PRIOR", assets / "prior.safetensors")
+
+    def ship(run: str) -> None:
+        export.main(["--run", str(tmp_path / run), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
+                     "--prior-run", str(prior_run), "--prior-fitted-to", str(tmp_path / "base" / "last.safetensors")])
+
+    ship("tuned")
+    shipped, prior = Codec.load(assets / "codec.safetensors"), TokenPrior.load(assets / "prior.safetensors")
+    assert prior.codec_model_id == shipped.model_id != config.codec_model_id
+    with pytest.raises(SystemExit, match="differs between the codecs"):
+        ship("moved")

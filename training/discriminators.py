@@ -40,8 +40,9 @@ class DiscriminatorConfig:
     mpd_max_channels: int = 128
     # FFT sizes of the complex-STFT discriminators (hop n_fft // 4); 64, 32, 16 ms at 16 kHz.
     stft_n_ffts: tuple[int, ...] = (1024, 512, 256)
-    # Channels of every STFT-discriminator layer (EnCodec uses 32 throughout).
-    stft_channels: int = 32
+    # Channels of every STFT-discriminator layer (EnCodec uses 32 throughout). At 16 the three
+    # resolutions take 0.6 s forward and backward for 16 x 1 s on 2 CPU cores, 2.05 s at 32.
+    stft_channels: int = 16
 
 
 def _wn_conv2d(

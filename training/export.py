@@ -6,7 +6,10 @@ evaluation summary), so that the card says what the weights really are.
         [--init-run runs/codec_before] [--eval docs/eval] [--prior-run runs/prior]
 
 --init-run names the run a warm-started run (`--init_from`) began from, so that the card counts
-its steps and hours too. --eval is a folder written by training.evaluate (summary.csv, usage.csv)
+its steps and hours too. --prior-fitted-to names the codec checkpoint whose tokens the prior was
+fitted to, when the shipped codec was fine-tuned from it with the encoder and quantizer frozen
+(`training.train --freeze encoder,quantizer`): the two must hold the same encoder and quantizer,
+tensor for tensor, and the shipped prior then records the shipped codec as the one it models. --eval is a folder written by training.evaluate (summary.csv, usage.csv)
 and training.evaluate_prior (prior.csv); the tables found there go into the card.
 """
 
@@ -14,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from codec.api import BUNDLED_CHECKPOINT, Codec
+from codec.prior import TokenPriorModel
 from codec.prior_api import BUNDLED_PRIOR, TokenPrior
 
 ASSETS = BUNDLED_CHECKPOINT.parent
@@ -92,6 +99,31 @@ def eval_table(path: Path) -> list[str]:
     ]
 
 
+def half_precision_id(codec: Codec) -> str:
+    """The model id `codec` gets once stored in half precision, as export ships it."""
+    with tempfile.TemporaryDirectory() as folder:
+        codec.save(Path(folder) / "codec.safetensors", half=True)
+        return Codec.load(Path(folder) / "codec.safetensors").model_id
+
+
+def retarget_prior(prior: TokenPrior, fitted_to: Codec, shipped: Codec) -> TokenPrior:
+    """`prior`, recorded as modelling the tokens of `shipped` instead of `fitted_to`'s. Refuses
+    unless the prior was fitted to `fitted_to` (as stored, or as shipped in half precision) and
+    both codecs hold the same encoder and quantizer in half precision, i.e. make the same tokens."""
+    if prior.codec_model_id not in (fitted_to.model_id, half_precision_id(fitted_to)):
+        raise SystemExit(f"the prior models tokens of {prior.codec_model_id}, not of {fitted_to.model_id}")
+    old, new = fitted_to.model.state_dict(), shipped.model.state_dict()
+    for name, tensor in old.items():
+        if not name.startswith(("encoder.", "quantizer.")):
+            continue
+        a, b = (t.half() if t.is_floating_point() else t for t in (tensor, new[name]))
+        if a.dtype != b.dtype or not torch.equal(a, b):
+            raise SystemExit(f"{name} differs between the codecs: the shipped codec's tokens are not those the prior was fitted to")
+    model = TokenPriorModel(dataclasses.replace(prior.config, codec_model_id=shipped.model_id))
+    model.load_state_dict(prior.model.state_dict())
+    return TokenPrior(model, prior.model_id)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
@@ -102,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
                              "oldest first; repeatable")
     parser.add_argument("--eval", type=Path, help="folder with summary.csv, usage.csv, prior.csv")
     parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
+    parser.add_argument("--prior-fitted-to", type=Path, metavar="CHECKPOINT",
+                        help="codec checkpoint whose tokens the prior was fitted to, if not the shipped one "
+                             "(decoder-only fine-tuning)")
     args = parser.parse_args(argv)
 
     ASSETS.mkdir(parents=True, exist_ok=True)
@@ -158,7 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval and (args.eval / "usage.csv").exists():
         lines += ["## Codebook usage on the evaluation files", "", *eval_table(args.eval / "usage.csv"), ""]
     if args.prior_run:
-        TokenPrior.load(args.prior_run / "best.safetensors").save(BUNDLED_PRIOR, half=True)  # runs in float32
+        prior = TokenPrior.load(args.prior_run / "best.safetensors")
+        if args.prior_fitted_to:
+            prior = retarget_prior(prior, Codec.load(args.prior_fitted_to), codec)
+        prior.save(BUNDLED_PRIOR, half=True)  # runs in float32
         prior = TokenPrior.load(BUNDLED_PRIOR)
         prior_val = best_validation(args.prior_run)
         lines += ["## Token prior", "", f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
