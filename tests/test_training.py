@@ -177,5 +177,6 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     ship("tuned")
     shipped, prior = Codec.load(assets / "codec.safetensors"), TokenPrior.load(assets / "prior.safetensors")
     assert prior.codec_model_id == shipped.model_id != config.codec_model_id
+    assert "the last stage kept the encoder and quantizer frozen" in (assets / "MODEL_CARD.md").read_text()
     with pytest.raises(SystemExit, match="differs between the codecs"):
         ship("moved")
