@@ -6,11 +6,12 @@ evaluation summary), so that the card says what the weights really are.
         [--init-run runs/codec_before] [--eval docs/eval] [--prior-run runs/prior]
 
 --init-run names the run a warm-started run (`--init_from`) began from, so that the card counts
-its steps and hours too. --prior-fitted-to names the codec checkpoint whose tokens the prior was
-fitted to, when the shipped codec was fine-tuned from it with the encoder and quantizer frozen
-(`training.train --freeze encoder,quantizer`): the two must hold the same encoder and quantizer,
-tensor for tensor, and the shipped prior then records the shipped codec as the one it models. --eval is a folder written by training.evaluate (summary.csv, usage.csv)
+its steps and hours too. --eval is a folder written by training.evaluate (summary.csv, usage.csv)
 and training.evaluate_prior (prior.csv); the tables found there go into the card.
+--prior-fitted-to names the codec checkpoint whose tokens the prior was fitted to, when the
+shipped codec was fine-tuned from it with the encoder and quantizer frozen (`training.train
+--freeze encoder,quantizer`): the two must hold the same encoder and quantizer, tensor for
+tensor, and the shipped prior then records the shipped codec as the one it models.
 """
 
 from __future__ import annotations
