@@ -82,6 +82,16 @@ class DecoderConfig:
     # stack learns what is left. Trained without it, the stack took thousands of steps to get as
     # far (log-spectral L1 0.70 vs 0.96 after 400 steps from scratch).
     linear_skip: bool = True
+    # How the head makes phase (see codec.decoder): "direct" (each frame's phase predicted
+    # outright, as Vocos does; the shipped model), "integrated" (phase advances summed over time
+    # in groups of bins) or "harmonic" (voiced frames get the phase of a pulse train at a
+    # predicted f0). The README's "What limits it now" has what each measured.
+    phase: str = "direct"
+    # Only for "integrated": adjacent bins that share one summed advance.
+    phase_group: int = 4
+    # Only for "harmonic": the range of f0 the pitch head can predict.
+    pitch_min_hz: float = 60.0
+    pitch_max_hz: float = 400.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,12 @@ class CodecConfig:
             raise ValueError("hop_length must be a multiple of decoder.upsample")
         if self.encoder.features not in ("logmag", "compressed"):
             raise ValueError(f"unknown encoder features {self.encoder.features!r}")
+        if self.decoder.phase not in ("direct", "integrated", "harmonic"):
+            raise ValueError(f"unknown decoder phase {self.decoder.phase!r}")
+        if self.decoder.phase_group < 1:
+            raise ValueError("decoder.phase_group must be at least 1")
+        if not 0 < self.decoder.pitch_min_hz < self.decoder.pitch_max_hz < self.sample_rate / 4:
+            raise ValueError("need 0 < decoder.pitch_min_hz < decoder.pitch_max_hz < sample_rate / 4")
         if self.encoder.latent_dim != self.quantizer.dim:
             raise ValueError("encoder.latent_dim must equal quantizer.dim")
         # The name goes into every stream header as part of the model id (printable ASCII, short).
@@ -139,7 +155,8 @@ class CodecConfig:
         data = dict(data)
         # Checkpoints written before these fields existed were built the old way.
         for part, key, old in (("quantizer", "distance", "cosine"), ("encoder", "features", "compressed"),
-                               ("decoder", "linear_skip", False)):
+                               ("decoder", "linear_skip", False), ("decoder", "phase", "direct"),
+                               ("decoder", "phase_group", 1)):
             if part in data and key not in data[part]:
                 data[part] = {**data[part], key: old}
         kwargs = {}
@@ -161,10 +178,11 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 
 
 def tiny_config() -> CodecConfig:
-    """A few-thousand-parameter model for tests: same structure, small widths."""
+    """A few-thousand-parameter model for tests: same structure, small widths, and the harmonic
+    head (the one with the most moving parts: pitch, a running phase carried across windows)."""
     return CodecConfig(
         encoder=EncoderConfig(channels=32, dilations=(1, 3), latent_dim=16),
         quantizer=QuantizerConfig(num_levels=4, codebook_size=64, dim=16),
-        decoder=DecoderConfig(channels=32, dilations=(1, 2, 4), skip_channels=32),
+        decoder=DecoderConfig(channels=32, dilations=(1, 2, 4), skip_channels=32, phase="harmonic"),
         name="vqcodec-tiny",
     )

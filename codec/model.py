@@ -23,6 +23,9 @@ class CodecOutput:
     # The decoder head's complex spectrum [B, F, M] before synthesis, on the scale of
     # codec.decoder.analysis_stft of the (padded) input: phase and magnitude losses compare them.
     spectrum: torch.Tensor
+    # A harmonic head's pitch, [B, M] each: log f0 in cycles per sample and voicing logits.
+    log_f0: torch.Tensor | None = None
+    voicing: torch.Tensor | None = None
 
 
 class CodecModel(nn.Module):
@@ -57,9 +60,9 @@ class CodecModel(nn.Module):
         """Reconstruct wav [B, 1, T]; training draws a random number of levels per item."""
         length = wav.shape[-1]
         q = self.quantizer(self.encoder(self._pad(wav)), num_levels)
-        spectrum = self.decoder.spectrum(q.quantized)
-        audio = self.decoder.head.synthesize(spectrum)[..., :length]
-        return CodecOutput(audio, q.codes, q.commitment_loss, q.codebook_loss, spectrum)
+        head = self.decoder.head_output(q.quantized)
+        audio = self.decoder.head.synthesize(head.spectrum)[..., :length]
+        return CodecOutput(audio, q.codes, q.commitment_loss, q.codebook_loss, head.spectrum, head.log_f0, head.voicing)
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, num_levels: int | None = None) -> torch.Tensor:
@@ -92,6 +95,6 @@ def build_model(config: CodecConfig) -> CodecModel:
     return CodecModel(
         encoder=Encoder(config.encoder, config.hop_length),
         quantizer=ResidualVectorQuantizer(config.quantizer),
-        decoder=Decoder(config.decoder, config.quantizer.dim, config.hop_length),
+        decoder=Decoder(config.decoder, config.quantizer.dim, config.hop_length, config.sample_rate),
         config=config,
     )

@@ -3,6 +3,7 @@
 Each window is processed with extra context on both sides at least as wide as the network's
 receptive field, and only its centre is kept; since no layer normalises over time, the result
 equals whole-signal processing up to floating-point rounding, with no seams at the boundaries.
+A decoder head that sums phase over time gets its sum carried from window to window.
 """
 
 from __future__ import annotations
@@ -54,16 +55,27 @@ def decode_windows(
     window_frames: int = 500,
     progress: Progress | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield consecutive waveform pieces [1, L] of the decoding of codes [K, N], num_samples in all."""
+    """Yield consecutive waveform pieces [1, L] of the decoding of codes [K, N], num_samples in all.
+
+    A head that sums phase over time would start its sum afresh in every window; each window
+    starts it instead at the value the previous window reached at the first frame it keeps,
+    so the sum continues as in whole-signal decoding."""
     hop = model.hop_length
     total = codes.shape[-1]
     context = model.decoder_context
+    upsample = model.config.decoder.upsample
     device = next(model.parameters()).device
     emitted = 0
+    carried = None  # the phase track's value due at the next window's first kept frame
     for first in range(0, total, window_frames):
         last = min(first + window_frames, total)
         lo, hi = max(first - context, 0), min(last + context, total)
-        wav = model.decode(codes[None, :, lo:hi].to(device))[0]
+        with torch.inference_mode():
+            origin = None if carried is None else (carried, (first - lo) * upsample)
+            out = model.decoder.head_output(model.quantizer.decode(codes[None, :, lo:hi].to(device)), origin)
+            if out.phase_track is not None and last < total:
+                carried = out.phase_track[..., (last - lo) * upsample]
+            wav = model.decoder.head.synthesize(out.spectrum)[0]
         piece = wav[:, (first - lo) * hop : (last - lo) * hop]
         piece = piece[:, : max(num_samples - emitted, 0)]
         emitted += piece.shape[-1]

@@ -65,7 +65,10 @@ def test_windowed_equals_whole(tiny_codec: Codec):
     pieces = list(decode_windows(model, whole_codes, wav.shape[-1], window_frames=29))
     windowed_audio = torch.cat(pieces, dim=-1)
     assert windowed_audio.shape == whole_audio.shape
-    assert torch.allclose(windowed_audio, whole_audio, atol=1e-5)
+    # The harmonic head's running phase sums float32 rounding of f0 over the whole signal (and
+    # multiplies it by the harmonic number), so the two differ slightly more than rounding; a
+    # window that restarted the phase instead of carrying it would differ by the signal itself.
+    assert (windowed_audio - whole_audio).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])

@@ -193,3 +193,12 @@ def test_head_spectrum_loss_zero_for_the_reference_and_grows_with_phase_error():
     assert noisy["phase"].item() > 2.0
     noisy["phase"].backward()
     assert phase.grad.abs().sum() > 0
+
+
+def test_head_spectrum_loss_without_absolute_phase_ignores_a_constant_shift():
+    # An integrated-phase head's summed phase starts wherever the crop starts.
+    x = _target()
+    reference = analysis_stft(x, 256, 64)
+    shifted = reference * torch.polar(torch.ones(()), torch.tensor(0.7))
+    assert HeadSpectrumLoss(256, 64, absolute_phase=False)(shifted, x)["phase"].item() < 1e-3
+    assert HeadSpectrumLoss(256, 64)(shifted, x)["phase"].item() == pytest.approx(0.7, abs=1e-3)

@@ -9,6 +9,9 @@ Variants, per number of levels:
 - decoded magnitude + input phase: the phase is exact, so what is lost is magnitude error.
 - input magnitude + decoded phase: the magnitude is exact (before the overlap-add), so what is
   lost is the decoder's phase.
+- decoded magnitude + pulse-train phase at the input's f0: voiced frames (by
+  codec.pitch.estimate_f0 of the input) take codec.pitch.harmonic_phase at the tracked f0,
+  unvoiced ones keep the decoded phase: what a harmonic head with an exact pitch could give.
 and once:
 - unquantized: the encoder's latents straight into the decoder, the autoencoder's own ceiling
   (what more levels or better codebooks could win at most).
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 
 from codec import Codec
 from codec.decoder import analysis_stft
+from codec.pitch import estimate_f0, harmonic_phase
 from training.data import read_manifest
 from training.evaluate import load_audio
 from training.metrics import pesq_wb, stoi
@@ -43,14 +47,33 @@ def variants(codec: Codec, audio: np.ndarray, levels: list[int]) -> dict[str, np
         frames = latents.shape[-1] * model.config.decoder.upsample
         reference = analysis_stft(F.pad(wav, (0, frames * head.hop - wav.shape[-1])), head.n_fft, head.hop)
         spectra = {"unquantized": model.decoder.spectrum(latents), "input": reference}
+        pulse_phase, voiced = input_pulse_phase(codec, wav, frames)
         for k in levels:
             spectrum = model.decoder.spectrum(model.quantizer(latents, k).quantized)
             spectra[f"{k} levels: decoded"] = spectrum
             spectra[f"{k} levels: decoded magnitude + input phase"] = torch.polar(spectrum.abs(), reference.angle())
             spectra[f"{k} levels: input magnitude + decoded phase"] = torch.polar(reference.abs(), spectrum.angle())
+            spectra[f"{k} levels: decoded magnitude + pulse-train phase at the input's f0"] = torch.polar(
+                spectrum.abs(), torch.where(voiced, pulse_phase, spectrum.angle()))
         for name, spectrum in spectra.items():
             out[name] = head.synthesize(spectrum)[0, 0, : len(audio)].numpy()
     return out
+
+
+def input_pulse_phase(codec: Codec, wav: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input's tracked pitch as a pulse-train phase [1, F, M] for M = `frames` head frames,
+    and which frames are voiced [1, 1, M]; f0 is held through unvoiced frames so the running
+    phase continues."""
+    head, decoder = codec.model.decoder.head, codec.model.config.decoder
+    rate = codec.sample_rate
+    padded = F.pad(wav, (0, frames * head.hop - wav.shape[-1]))[:, 0].double()
+    track = estimate_f0(padded, head.n_fft, head.hop, decoder.pitch_min_hz / rate, decoder.pitch_max_hz / rate)
+    f0 = track.f0.clone()
+    for m in range(1, frames):
+        if not track.voiced[0, m]:
+            f0[0, m] = f0[0, m - 1]
+    theta = torch.remainder((2 * torch.pi * head.hop * f0).cumsum(dim=-1), 2 * torch.pi)
+    return harmonic_phase(f0, theta, head.n_fft).float(), track.voiced[:, None, :]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,10 @@ and return a scalar tensor. Facts carried over from the reference implementation
   time), each through the anti-wrapping function |x - 2 pi round(x / 2 pi)|. Without them an
   iSTFT head trained on magnitude losses alone settled on large, random-phase spectra whose
   overlap-add cancels into smeared noise (PESQ 1.1 after 3000 steps). Unlike APNet, the phase
-  errors are weighted by the reference magnitude, since the phase of a silent bin is noise.
+  errors are weighted by the reference magnitude, since the phase of a silent bin is noise. For a
+  head that sums phase advances over time (codec.decoder), the instantaneous phase term is left
+  out: the summed phase starts where the crop starts, so its absolute value is arbitrary.
+- A harmonic head's pitch (codec.decoder) learns from an autocorrelation tracker's labels.
 - Least-squares adversarial losses (HiFi-GAN, DAC), feature matching normalised by the mean
   magnitude of the real features (EnCodec). Unlike HiFi-GAN/DAC, which sum, the GAN terms are
   averaged over sub-discriminators (as audiocraft does), so weights do not depend on how many
@@ -34,6 +37,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from codec.decoder import analysis_stft
+from codec.pitch import estimate_f0
 from training.discriminators import DiscriminatorOutput
 
 LOG_CLAMP = 1e-5
@@ -155,13 +159,15 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 class HeadSpectrumLoss(nn.Module):
     """Log-magnitude and phase losses between the head's spectrum and the reference's STFT."""
 
-    def __init__(self, n_fft: int, hop: int):
+    def __init__(self, n_fft: int, hop: int, absolute_phase: bool = True):
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
+        self.absolute_phase = absolute_phase
 
     def forward(self, spectrum: Tensor, x: Tensor) -> dict[str, Tensor]:
         """spectrum [B, F, M] complex, x [B, 1, T] with T <= M * hop -> {"head": log-magnitude
-        L1, "phase": instantaneous phase + group delay + instantaneous frequency errors}."""
+        L1, "phase": instantaneous phase (if `absolute_phase`) + group delay + instantaneous
+        frequency errors}."""
         frames = spectrum.shape[-1]
         x = F.pad(x, (0, frames * self.hop - x.shape[-1]))
         reference = analysis_stft(x.float(), self.n_fft, self.hop)
@@ -171,7 +177,7 @@ class HeadSpectrumLoss(nn.Module):
         # Phases come from angle(); a zero bin has angle 0 and a zero weight.
         phase, target = spectrum.angle(), reference.angle()
         weight = magnitude.detach()
-        instantaneous = _weighted_mean(anti_wrap(phase - target), weight)
+        instantaneous = _weighted_mean(anti_wrap(phase - target), weight) if self.absolute_phase else 0.0
         group_delay = _weighted_mean(
             anti_wrap(phase.diff(dim=1) - target.diff(dim=1)), (weight[:, 1:] * weight[:, :-1]).sqrt()
         )
@@ -179,6 +185,19 @@ class HeadSpectrumLoss(nn.Module):
             anti_wrap(phase.diff(dim=2) - target.diff(dim=2)), (weight[..., 1:] * weight[..., :-1]).sqrt()
         )
         return {"head": log_mag, "phase": instantaneous + group_delay + frequency}
+
+
+def pitch_loss(log_f0: Tensor, voicing: Tensor, x: Tensor, n_fft: int, hop: int, low: float, high: float) -> Tensor:
+    """A harmonic head's pitch against `codec.pitch.estimate_f0` of the reference x [B, 1, T]:
+    L1 between log f0s on frames the tracker calls voiced, plus binary cross-entropy of the
+    voicing logits. log_f0, voicing: [B, M] with T <= M * hop; f0 in cycles per sample."""
+    frames = log_f0.shape[-1]
+    x = F.pad(x, (0, frames * hop - x.shape[-1]))[:, 0].double()
+    track = estimate_f0(x, n_fft, hop, low, high)
+    voiced = track.voiced.float()
+    error = (log_f0 - track.f0.log().float()).abs()
+    f0_term = (error * voiced).sum() / voiced.sum().clamp_min(1.0)
+    return f0_term + F.binary_cross_entropy_with_logits(voicing, voiced)
 
 
 @functools.lru_cache(maxsize=8)

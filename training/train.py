@@ -32,6 +32,7 @@ from training.data import CropSampler, load_validation, read_manifest
 from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (
     HeadSpectrumLoss,
+    pitch_loss,
     MelLoss,
     MultiResolutionSTFTLoss,
     discriminator_loss,
@@ -50,6 +51,7 @@ class TrainConfig:
     manifest: str = "data/corpus/manifest.jsonl"
     run_dir: str = "runs/codec"
     model: str = "default"  # "default" or "tiny"
+    decoder_phase: str = ""  # how the decoder head makes phase (codec.config.DecoderConfig.phase; "": the model's)
     init_from: str = ""  # start a new run from these inference weights (e.g. the bundled model)
     steps: int = 200_000  # stop after this many optimizer steps in all
     max_minutes: float = 0.0  # stop this invocation after so many minutes (0: no limit)
@@ -65,8 +67,8 @@ class TrainConfig:
     kind_weights: dict = field(default_factory=lambda: {"speech": 0.65, "tts": 0.1, "music": 0.25})
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
-        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "commitment": 1.0,
-                                 "codebook": 1.0, "adv": 1.0, "feat": 2.0}
+        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "pitch": 1.0,
+                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0}
     )
     # Switch the GAN losses on. On 2 CPU cores, at batch 16 x 1 s with `adversarial_items` 8, a
     # step took 1.9 s against 0.8 s without them.
@@ -137,7 +139,9 @@ class Losses:
         self.lambdas = config.lambdas
         self.mel = MelLoss(model.sample_rate).to(device)
         self.stft = MultiResolutionSTFTLoss().to(device)
-        self.head = HeadSpectrumLoss(model.decoder.head.n_fft, model.decoder.head.hop)
+        head, decoder = model.decoder.head, model.config.decoder
+        self.head = HeadSpectrumLoss(head.n_fft, head.hop, absolute_phase=decoder.phase == "direct")
+        self.pitch_range = (decoder.pitch_min_hz / model.sample_rate, decoder.pitch_max_hz / model.sample_rate)
 
     def reconstruction(self, output, wav) -> dict[str, torch.Tensor]:
         losses = {}
@@ -147,6 +151,8 @@ class Losses:
             losses["stft"] = self.stft(output.audio, wav)
         if self.lambdas.get("head", 0) or self.lambdas.get("phase", 0):
             losses.update(self.head(output.spectrum, wav))
+        if self.lambdas.get("pitch", 0) and output.log_f0 is not None:
+            losses["pitch"] = pitch_loss(output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range)
         losses["commitment"] = output.commitment_loss
         losses["codebook"] = output.codebook_loss
         return losses
@@ -165,6 +171,8 @@ def train(config: TrainConfig) -> None:
     torch.manual_seed(config.seed + rank)
 
     model_config = tiny_config() if config.model == "tiny" else CodecConfig()
+    if config.decoder_phase:
+        model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase=config.decoder_phase))
     model = build_model(model_config).to(device)
     frozen = frozen_parts(config.freeze)
     for part in frozen:
@@ -316,20 +324,34 @@ def set_train_mode(model: CodecModel, frozen: tuple[str, ...]) -> None:
 
 def warm_start(model: CodecModel, path: str, announce: bool) -> None:
     """Copy the weights of the checkpoint at `path` into `model`. A part whose config differs
-    (e.g. a new quantizer) keeps its fresh initialisation; every other tensor must match."""
+    (e.g. a new quantizer) keeps its fresh initialisation, except that a decoder whose config
+    differs only in how its head makes phase moves over whole, less the phase-advance layer
+    (restarted at the nominal advances) or pitch head (fresh); every other tensor must match."""
     warm = Codec.load(path).model
     state = {k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()}
-    kept = []
+    kept, grown = [], []
     for part in PARTS:
-        if getattr(warm.config, part) != getattr(model.config, part):
+        old, new = getattr(warm.config, part), getattr(model.config, part)
+        phase_fields = ("phase", "phase_group", "pitch_min_hz", "pitch_max_hz")
+        if part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
+            grown += ["decoder.head.advance.", "decoder.head.pitch."]
+            state = {k: v for k, v in state.items() if not k.startswith(tuple(grown))}
+        elif old != new:
             state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
             kept.append(part)
-    model.load_state_dict(state, strict=not kept)
+    model.load_state_dict(state, strict=not (kept or grown))
     missing = set(model.state_dict()) - set(state)
-    if any(not k.startswith(tuple(p + "." for p in kept)) for k in missing):
+    if any(not k.startswith(tuple(p + "." for p in kept) + tuple(grown)) for k in missing):
         raise SystemExit(f"{path} lacks weights for {sorted(missing)[:5]}")
+    if grown and model.decoder.head.advance is not None:
+        with torch.no_grad():
+            for parameter in model.decoder.head.advance.parameters():
+                parameter.zero_()
     if announce and kept:
         print(f"warm start from {path}: {', '.join(kept)} re-initialised (config differs)", file=sys.stderr)
+    if announce and grown:
+        old, new = warm.config.decoder, model.config.decoder
+        print(f"warm start from {path}: decoder phase {old.phase} -> {new.phase}, phase layers restarted", file=sys.stderr)
 
 
 def state_digest(module: torch.nn.Module) -> str:
