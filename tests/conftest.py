@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,17 +28,27 @@ def harmonic_signal(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     return (x / np.abs(x).max() * 0.8).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def tiny_codec() -> Codec:
+def make_tiny_codec(phase: str = "harmonic") -> Codec:
+    """A seeded tiny codec whose codebooks one training pass initialised from harmonic signals."""
     torch.manual_seed(0)
-    model = build_model(tiny_config())
-    # The pitch head starts unvoiced; a zero voicing bias makes the tests see voiced frames (and
-    # so a running phase) as well as unvoiced ones, as with a trained head.
-    torch.nn.init.zeros_(model.decoder.head.pitch.net[-1].bias)
+    config = tiny_config()
+    model = build_model(dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, phase=phase)))
+    head = model.decoder.head
+    # Summed-phase heads start at their plainest (nominal advances, unvoiced); random weights
+    # make the tests see a running phase that depends on the input, as a trained one does.
+    if head.advance is not None:
+        torch.nn.init.normal_(head.advance.weight, std=0.3)
+    if head.pitch is not None:
+        torch.nn.init.zeros_(head.pitch.net[-1].bias)
     model.train()
     with torch.no_grad():  # one training pass initialises the codebooks from data
         model(torch.from_numpy(np.stack([harmonic_signal(1.0, 16000, s) for s in range(4)]))[:, None])
     return Codec(model.eval(), "vqcodec-tiny:test")
+
+
+@pytest.fixture(scope="session")
+def tiny_codec() -> Codec:
+    return make_tiny_codec()
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,13 @@ def eval_table(path: Path) -> list[str]:
     ]
 
 
+HEAD_PHASE = {
+    "direct": "phase predicted per frame",
+    "integrated": "phase advances summed over time",
+    "harmonic": "pulse-train phase at a predicted f0 in voiced frames",
+}
+
+
 def half_precision_id(codec: Codec) -> str:
     """The model id `codec` gets once stored in half precision, as export ships it."""
     with tempfile.TemporaryDirectory() as folder:
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"A VQ-VAE speech and audio codec: convolutional encoder fed {features}, {q.num_levels}-level "
         f"residual vector quantizer ({q.codebook_size} entries a level, {codes}), WaveNet decoder with an "
-        f"inverse-STFT head{' and a linear latent -> log-magnitude path' if config.decoder.linear_skip else ''}.",
+        f"inverse-STFT head ({HEAD_PHASE[config.decoder.phase]})"
+        f"{' and a linear latent -> log-magnitude path' if config.decoder.linear_skip else ''}.",
         "",
         f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
