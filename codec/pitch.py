@@ -28,7 +28,8 @@ def estimate_f0(
     Normalised autocorrelation of each Hann-windowed frame, divided by the window's own
     autocorrelation (Boersma 1993). Of the peaks within 90% of the highest, the shortest lag
     wins, which avoids most sub-octave errors; parabolic interpolation refines the lag. A frame
-    is voiced when its peak exceeds `threshold` and its energy is within 40 dB of the loudest."""
+    is voiced when its peak exceeds `threshold`, lies inside the range, and its energy is within
+    40 dB of the loudest."""
     pad = (n_fft - hop) // 2
     frames = F.pad(wav, (pad, n_fft - hop - pad)).unfold(-1, n_fft, hop)  # [B, M, n_fft]
     frames = frames - frames.mean(-1, keepdim=True)
@@ -48,7 +49,9 @@ def estimate_f0(
     shift = (0.5 * (a - c) / (a - 2 * b + c).clamp(max=-1e-9)).clamp(-0.5, 0.5)
     lag = first - 1 + index + shift
     loud = energy > 1e-4 * energy.amax(-1, keepdim=True).clamp_min(1e-12)
-    return PitchTrack(1.0 / lag, (b > threshold) & loud)
+    # A best lag at either end of the range is no peak of it: the pitch lies outside.
+    inside = (index > 1) & (index < middle.shape[-1])
+    return PitchTrack(1.0 / lag, (b > threshold) & loud & inside)
 
 
 def harmonic_phase(f0: torch.Tensor, theta: torch.Tensor, n_fft: int) -> torch.Tensor:

@@ -79,3 +79,12 @@ def test_pitch_loss_rewards_the_trackers_pitch_and_voicing():
     assert good.item() < 0.05
     assert pitch_loss(right + math.log(1.5), voiced, x, N_FFT, HOP, LOW, HIGH) > good + 0.3
     assert pitch_loss(right, -voiced, x, N_FFT, HOP, LOW, HIGH) > good + 5
+
+
+def test_tracker_reports_only_pitches_inside_its_range():
+    # Low-passed noise has an autocorrelation still falling at the shortest lag searched; a
+    # maximum there is no peak, and parabolic interpolation would put it outside the range.
+    noise = np.convolve(np.random.default_rng(0).normal(size=4 * SR), np.hanning(40), "same")
+    track = estimate_f0(torch.from_numpy(noise)[None], N_FFT, HOP, LOW, HIGH)
+    f0 = track.f0[track.voiced]
+    assert len(f0) > 0 and f0.min() >= LOW and f0.max() <= HIGH
