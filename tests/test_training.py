@@ -162,7 +162,7 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     prior_run.mkdir()
     (prior_run / "metrics.jsonl").write_text("")
     config = PriorConfig(num_levels=base.model.config.quantizer.num_levels, codebook_size=base.model.config.quantizer.codebook_size,
-                         dim=32, layers=1, heads=2, depth_hidden=32, context=64, codec_model_id=export.half_precision_id(base))
+                         dim=32, layers=1, heads=2, depth_hidden=32, context=64, codec_model_id=export.half_precision_id(tmp_path / "base" / "last.safetensors"))
     TokenPrior(TokenPriorModel(config), "prior:tiny").save(prior_run / "best.safetensors")
     (prior_run / "state.safetensors").write_bytes((tmp_path / "base" / "state.safetensors").read_bytes())
     assets = tmp_path / "assets"
@@ -180,3 +180,21 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     assert "the last stage kept the encoder and quantizer frozen" in (assets / "MODEL_CARD.md").read_text()
     with pytest.raises(SystemExit, match="differs between the codecs"):
         ship("moved")
+
+
+def test_half_precision_id_hashes_the_config_as_stored(tmp_path):
+    # A checkpoint written before the decoder's phase fields existed keeps the id it shipped with.
+    from codec.checkpoint import read_checkpoint, save_checkpoint
+    from conftest import make_tiny_codec
+    from training import export
+
+    make_tiny_codec("direct").save(tmp_path / "direct.safetensors")
+    checkpoint = read_checkpoint(tmp_path / "direct.safetensors", "codec")
+    config = json.loads(json.dumps(checkpoint.config))
+    for key in ("phase", "phase_group", "pitch_min_hz", "pitch_max_hz"):
+        del config["decoder"][key]
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(old, "codec", config, checkpoint.tensors)
+    shipped = tmp_path / "shipped.safetensors"
+    save_checkpoint(shipped, "codec", config, checkpoint.tensors, half=True)
+    assert export.half_precision_id(old) == f"{config['name']}:{read_checkpoint(shipped, 'codec').digest[:12]}"

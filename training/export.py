@@ -20,7 +20,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from codec.api import BUNDLED_CHECKPOINT, Codec
+from codec.checkpoint import content_digest, read_checkpoint
 from codec.prior import TokenPriorModel
 from codec.prior_api import BUNDLED_PRIOR, TokenPrior
 
@@ -107,18 +107,22 @@ HEAD_PHASE = {
 }
 
 
-def half_precision_id(codec: Codec) -> str:
-    """The model id `codec` gets once stored in half precision, as export ships it."""
-    with tempfile.TemporaryDirectory() as folder:
-        codec.save(Path(folder) / "codec.safetensors", half=True)
-        return Codec.load(Path(folder) / "codec.safetensors").model_id
+def half_precision_id(path: Path) -> str:
+    """The model id the codec checkpoint at `path` gets once stored in half precision, as export
+    ships it: the digest of its tensors in float16 and of its config as stored. (Re-saving
+    through `Codec.save` would write the config with fields added since, a different id.)"""
+    checkpoint = read_checkpoint(path, "codec")
+    tensors = {k: t.half() if t.is_floating_point() else t for k, t in checkpoint.tensors.items()}
+    return f"{checkpoint.config['name']}:{content_digest('codec', checkpoint.config, tensors)[:12]}"
 
 
-def retarget_prior(prior: TokenPrior, fitted_to: Codec, shipped: Codec) -> TokenPrior:
-    """`prior`, recorded as modelling the tokens of `shipped` instead of `fitted_to`'s. Refuses
-    unless the prior was fitted to `fitted_to` (as stored, or as shipped in half precision) and
-    both codecs hold the same encoder and quantizer in half precision, i.e. make the same tokens."""
-    if prior.codec_model_id not in (fitted_to.model_id, half_precision_id(fitted_to)):
+def retarget_prior(prior: TokenPrior, fitted_to_path: Path, shipped: Codec) -> TokenPrior:
+    """`prior`, recorded as modelling the tokens of `shipped` instead of those of the codec at
+    `fitted_to_path`. Refuses unless the prior was fitted to that codec (as stored, or as shipped
+    in half precision) and both codecs hold the same encoder and quantizer in half precision,
+    i.e. make the same tokens."""
+    fitted_to = Codec.load(fitted_to_path)
+    if prior.codec_model_id not in (fitted_to.model_id, half_precision_id(fitted_to_path)):
         raise SystemExit(f"the prior models tokens of {prior.codec_model_id}, not of {fitted_to.model_id}")
     old, new = fitted_to.model.state_dict(), shipped.model.state_dict()
     for name, tensor in old.items():
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.prior_run:
         prior = TokenPrior.load(args.prior_run / "best.safetensors")
         if args.prior_fitted_to:
-            prior = retarget_prior(prior, Codec.load(args.prior_fitted_to), codec)
+            prior = retarget_prior(prior, args.prior_fitted_to, codec)
         prior.save(BUNDLED_PRIOR, half=True)  # runs in float32
         prior = TokenPrior.load(BUNDLED_PRIOR)
         prior_val = best_validation(args.prior_run)
