@@ -46,9 +46,16 @@ def _raw_audio(ctx, value):
 schema = schemathesis.openapi.from_dict(create_app(Settings(checkpoint=None)).openapi())
 
 
+# Message framing belongs to the HTTP layer: uvicorn answers a malformed Content-Length with a
+# plain-text 400 before the app sees the request, which no OpenAPI schema can document.
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection"}
+
+
 @schema.parametrize()
-@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_schema_fuzz_finds_no_failure(case, server):
+    if case.headers:
+        case.headers = {k: v for k, v in case.headers.items() if k.lower() not in FRAMING_HEADERS}
     # Schemathesis's checks (no 5xx, documented statuses and content types, responses that match
     # their schemas, requests without the key refused) but two that judge requests by the schema
     # alone: bytes that fit it ("a binary string") are rarely audio, codes that fit it need not
