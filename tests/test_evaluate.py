@@ -172,6 +172,7 @@ def test_diagnosis_scores_each_variant_and_the_input_through_the_head_is_near_pe
             if line.startswith("| ") and "variant" not in line}
     assert set(rows) == {"unquantized", "input"} | {f"{k} levels: {v}" for k in (1, 4) for v in
                                                      ("decoded", "decoded magnitude + input phase", "input magnitude + decoded phase",
-                                                      "decoded magnitude + pulse-train phase at the input's f0")}
+                                                      "decoded magnitude + pulse-train phase at the input's f0",
+                                                      *(f"decoded magnitude + input phase, random offset per {b} bins" for b in (1, 4, 16)))}
     assert float(rows["input"][0]) > 4.0  # the head inverts the analysis STFT exactly
     assert float(rows["input"][0]) > float(rows["4 levels: decoded"][0]) + 1.0  # an untrained codec is far off

@@ -9,6 +9,8 @@ Variants, per number of levels:
 - decoded magnitude + input phase: the phase is exact, so what is lost is magnitude error.
 - input magnitude + decoded phase: the magnitude is exact (before the overlap-add), so what is
   lost is the decoder's phase.
+- decoded magnitude + input phase, turned by a random constant per band of B bins: what the
+  phase differences across bands are worth (B = 1, 4, 16); within a band they stay exact.
 - decoded magnitude + pulse-train phase at the input's f0: voiced frames (by
   codec.pitch.estimate_f0 of the input) take codec.pitch.harmonic_phase at the tracked f0,
   unvoiced ones keep the decoded phase: what a harmonic head with an exact pitch could give.
@@ -37,8 +39,18 @@ from training.evaluate import load_audio
 from training.metrics import pesq_wb, stoi
 
 
+BANDS = (1, 4, 16)
+
+
+def band_offsets(bins: int, band: int, generator: torch.Generator) -> torch.Tensor:
+    """A random phase [1, bins, 1], constant over each band of `band` adjacent bins."""
+    offsets = 2 * torch.pi * torch.rand(1, -(-bins // band), 1, generator=generator)
+    return offsets.repeat_interleave(band, dim=1)[:, :bins]
+
+
 def variants(codec: Codec, audio: np.ndarray, levels: list[int]) -> dict[str, np.ndarray]:
     model = codec.model
+    generator = torch.Generator().manual_seed(len(audio))
     head = model.decoder.head
     wav = torch.from_numpy(audio)[None, None]
     out = {}
@@ -53,6 +65,9 @@ def variants(codec: Codec, audio: np.ndarray, levels: list[int]) -> dict[str, np
             spectra[f"{k} levels: decoded"] = spectrum
             spectra[f"{k} levels: decoded magnitude + input phase"] = torch.polar(spectrum.abs(), reference.angle())
             spectra[f"{k} levels: input magnitude + decoded phase"] = torch.polar(reference.abs(), spectrum.angle())
+            for band in BANDS:
+                spectra[f"{k} levels: decoded magnitude + input phase, random offset per {band} bins"] = torch.polar(
+                    spectrum.abs(), reference.angle() + band_offsets(reference.shape[1], band, generator))
             spectra[f"{k} levels: decoded magnitude + pulse-train phase at the input's f0"] = torch.polar(
                 spectrum.abs(), torch.where(voiced, pulse_phase, spectrum.angle()))
         for name, spectrum in spectra.items():
