@@ -128,24 +128,24 @@ class ISTFTHead(nn.Module):
         log_magnitude, phase = self.proj(x).float().chunk(2, dim=1)
         if log_magnitude_offset is not None:
             log_magnitude = log_magnitude + log_magnitude_offset.float()
-        out = HeadOutput(spectrum=phase)
+        phase_track = log_f0 = voicing = None
         if self.advance is not None:
             # float64: the sum grows by up to 2 pi per frame, which float32 would soon round away.
             advance = self.nominal_advance[:, None] + self.advance(x).double()
             track = advance.cumsum(dim=-1).repeat_interleave(self.phase_group, dim=1)[:, : phase.shape[1]]
-            out.phase_track = _wrap(track, origin)
-            phase = phase + out.phase_track.float()
+            phase_track = _wrap(track, origin)
+            phase = phase + phase_track.float()
         elif self.pitch is not None:
-            out.log_f0, out.voicing = self.pitch(x)
+            log_f0, voicing = self.pitch(x)
             # The pitch head learns from the tracker's labels alone: the phase is a hard
             # function of f0, and the gradient of h * theta through a running sum is unstable.
-            f0 = out.log_f0.detach().double().exp()
-            out.phase_track = _wrap((2 * math.pi * self.hop * f0).cumsum(dim=-1), origin)
-            harmonic = harmonic_phase(f0, out.phase_track, self.n_fft).float()
-            phase = torch.where(out.voicing.detach()[:, None, :] > 0, harmonic, phase)
+            f0 = log_f0.detach().double().exp()
+            phase_track = _wrap((2 * math.pi * self.hop * f0).cumsum(dim=-1), origin)
+            harmonic = harmonic_phase(f0, phase_track, self.n_fft).float()
+            phase = torch.where(voicing.detach()[:, None, :] > 0, harmonic, phase)
         # The floor keeps magnitudes non-zero: the angle of a zero bin has no gradient (NaN).
-        out.spectrum = torch.polar(torch.exp(log_magnitude.clamp(-20.0, 8.0)), phase)
-        return out
+        spectrum = torch.polar(torch.exp(log_magnitude.clamp(-20.0, 8.0)), phase)
+        return HeadOutput(spectrum, phase_track, log_f0, voicing)
 
     def synthesize(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex spectrum [B, F, M] -> waveform [B, 1, M * hop] by windowed overlap-add."""
