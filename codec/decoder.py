@@ -96,7 +96,7 @@ class ISTFTHead(nn.Module):
         pitch_range: tuple[float, float] = (60 / 16000, 400 / 16000),
     ):
         super().__init__()
-        self.n_fft, self.hop, self.phase = n_fft, hop, phase
+        self.n_fft, self.hop = n_fft, hop
         self.proj = nn.Conv1d(channels, n_fft + 2, 1)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.advance = self.pitch = None
