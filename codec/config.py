@@ -20,7 +20,9 @@ class EncoderConfig:
     # [-2, 2]. "compressed": the complex STFT with |X|^0.3 magnitudes, real and imaginary parts
     # (the first shipped model). A small autoencoder from log-magnitudes reached a log-spectral L1
     # of 0.61 in 400 steps where the same from the compressed complex STFT stayed at 1.0-1.6: the
-    # magnitude had to be untangled from a pseudo-random phase first.
+    # magnitude had to be untangled from a pseudo-random phase first. "logmag+phase": both, the
+    # log-magnitudes and the compressed complex values side by side, so the codes can carry
+    # phase (with "logmag" alone they cannot: the decoder has to invent every frame's phase).
     features: str = "logmag"
     n_fft: int = 640
     stft_hop: int = 160
@@ -108,7 +110,7 @@ class CodecConfig:
             raise ValueError("hop_length must be a multiple of encoder.stft_hop")
         if self.hop_length % self.decoder.upsample:
             raise ValueError("hop_length must be a multiple of decoder.upsample")
-        if self.encoder.features not in ("logmag", "compressed"):
+        if self.encoder.features not in ("logmag", "compressed", "logmag+phase"):
             raise ValueError(f"unknown encoder features {self.encoder.features!r}")
         if self.decoder.phase not in ("direct", "integrated", "harmonic"):
             raise ValueError(f"unknown decoder phase {self.decoder.phase!r}")

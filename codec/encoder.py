@@ -36,7 +36,7 @@ class Encoder(nn.Module):
         self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
         bins = config.n_fft // 2 + 1
         channels = config.channels
-        inputs = bins if config.features == "logmag" else 2 * bins
+        inputs = {"logmag": bins, "compressed": 2 * bins, "logmag+phase": 3 * bins}[config.features]
         self.input = nn.Conv1d(inputs, channels, config.kernel_size, padding=config.kernel_size // 2)
         self.blocks = nn.Sequential(
             *(ResidualUnit(channels, config.kernel_size, d) for d in config.dilations)
@@ -51,8 +51,8 @@ class Encoder(nn.Module):
         )
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """STFT features of wav [B, 1, T] (T a multiple of hop_length) -> [B, F, M] log-magnitudes
-        or [B, 2F, M] compressed complex values."""
+        """STFT features of wav [B, 1, T] (T a multiple of hop_length) -> [B, F, M] log-magnitudes,
+        [B, 2F, M] compressed complex values, or [B, 3F, M] both (log-magnitudes first)."""
         spec = torch.stft(
             wav[:, 0].float(),
             self.config.n_fft,
@@ -62,12 +62,15 @@ class Encoder(nn.Module):
             pad_mode="constant",  # reflection needs more samples than a very short clip has
             return_complex=True,
         )[..., : wav.shape[-1] // self.config.stft_hop]
+        # log|X| spans about -11.5 (the floor) to +5 for full-scale audio.
+        log_magnitude = (spec.abs().clamp_min(1e-5).log() + 4.0) / 4.0
         if self.config.features == "logmag":
-            # log|X| spans about -11.5 (the floor) to +5 for full-scale audio.
-            return (spec.abs().clamp_min(1e-5).log() + 4.0) / 4.0
+            return log_magnitude
         magnitude = spec.abs().clamp_min(1e-7)
         spec = spec * magnitude.pow(0.3 - 1.0)
-        return torch.cat([spec.real, spec.imag], dim=1)
+        if self.config.features == "compressed":
+            return torch.cat([spec.real, spec.imag], dim=1)
+        return torch.cat([log_magnitude, spec.real, spec.imag], dim=1)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """wav [B, 1, T] with T a multiple of hop_length -> latents [B, D, T / hop_length]."""

@@ -148,7 +148,9 @@ def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_p
     tiny_codec.save(checkpoint)
     out = tmp_path / "eval"
     evaluate.main(["--manifest", str(tiny_corpus), "--split", "train", "--kind", "music", "--checkpoint",
-                   str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--usage-whole-split", "--out", str(out)])
+                   str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--usage-whole-split", "--examples", "0",
+                   "--out", str(out)])
+    assert (out / "summary.csv").exists() and not (out / "spectrograms.png").exists()
     with (out / "usage.csv").open() as handle:
         usage = list(csv.DictReader(handle))
     sets = list(dict.fromkeys(u["files"] for u in usage))

@@ -313,7 +313,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     write_csv(out / "summary.csv", summary)
     minutes = sum(f.seconds for f in files) / 60
     plots.rate_distortion(summary, out / "rate_distortion.png", f"{len(files)} files, {minutes:.1f} min")
-    plots.spectrograms(render_examples(systems, files, args.examples, delays), out / "spectrograms.png")
+    if args.examples > 0:
+        plots.spectrograms(render_examples(systems, files, args.examples, delays), out / "spectrograms.png")
     usage: dict[str, list[LevelUsage]] = {}
     if codec is not None:
         usage[f"scored files, {minutes:.1f} min"] = measure_usage(codec, files)
@@ -355,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="delay compensation searches lags up to this; 0 scores outputs as they are")
     parser.add_argument("--delay-files", type=int, default=20,
                         help="files on which each system's delay is measured (pooled over them)")
-    parser.add_argument("--examples", type=int, default=2, help="clips shown in spectrograms.png")
+    parser.add_argument("--examples", type=int, default=2, help="clips shown in spectrograms.png (0: no spectrograms)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process; more than one is slower when the cores are busy")

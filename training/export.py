@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
     q = config.quantizer
-    features = {"logmag": "STFT log-magnitudes", "compressed": "power-law compressed complex STFTs"}[config.encoder.features]
+    features = {"logmag": "STFT log-magnitudes", "compressed": "power-law compressed complex STFTs",
+                "logmag+phase": "STFT log-magnitudes and power-law compressed complex STFTs"}[config.encoder.features]
     codes = (f"nearest in L2 distance among {q.dim}-d entries" if q.distance == "euclidean"
              else f"factorized {q.codebook_dim}-d codes compared by cosine")
     codes += ", EMA codebooks" if q.update == "ema" else ", codebooks learned by codebook loss"

@@ -52,6 +52,7 @@ class TrainConfig:
     run_dir: str = "runs/codec"
     model: str = "default"  # "default" or "tiny"
     decoder_phase: str = ""  # how the decoder head makes phase (codec.config.DecoderConfig.phase; "": the model's)
+    encoder_features: str = ""  # what the encoder sees (codec.config.EncoderConfig.features; "": the model's)
     init_from: str = ""  # start a new run from these inference weights (e.g. the bundled model)
     steps: int = 200_000  # stop after this many optimizer steps in all
     max_minutes: float = 0.0  # stop this invocation after so many minutes (0: no limit)
@@ -173,6 +174,8 @@ def train(config: TrainConfig) -> None:
     model_config = tiny_config() if config.model == "tiny" else CodecConfig()
     if config.decoder_phase:
         model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase=config.decoder_phase))
+    if config.encoder_features:
+        model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, features=config.encoder_features))
     model = build_model(model_config).to(device)
     frozen = frozen_parts(config.freeze)
     for part in frozen:
@@ -326,7 +329,9 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
     """Copy the weights of the checkpoint at `path` into `model`. A part whose config differs
     (e.g. a new quantizer) keeps its fresh initialisation, except that a decoder whose config
     differs only in how its head makes phase moves over whole, less the phase-advance layer
-    (restarted at the nominal advances) or pitch head (fresh); every other tensor must match."""
+    (restarted at the nominal advances) or pitch head (fresh), and an encoder fed "logmag" whose
+    new config feeds it "logmag+phase" moves over whole with zero weights on the new inputs (so it
+    starts out computing the same latents); every other tensor must match."""
     warm = Codec.load(path).model
     state = {k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()}
     kept, grown = [], []
@@ -336,6 +341,12 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
         if part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
             grown += ["decoder.head.advance.", "decoder.head.pitch."]
             state = {k: v for k, v in state.items() if not k.startswith(tuple(grown))}
+        elif part == "encoder" and (old.features, new.features) == ("logmag", "logmag+phase") \
+                and dataclasses.replace(old, features=new.features) == new:
+            weight = state["encoder.input.weight"]
+            grown_weight = weight.new_zeros(weight.shape[0], 3 * weight.shape[1], weight.shape[2])
+            grown_weight[:, : weight.shape[1]] = weight
+            state["encoder.input.weight"] = grown_weight
         elif old != new:
             state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
             kept.append(part)
