@@ -195,3 +195,20 @@ def test_prior_training_resumes_exactly_and_validates_its_last_step(tiny_codec, 
     assert [r["step"] for r in records if "val" in r] == [4, 6]
     best = TokenPrior.load(tmp_path / "whole" / "best.safetensors")
     assert best.config.codec_model_id == tiny_codec.model_id
+
+
+def test_prior_training_can_start_from_another_priors_weights(tiny_codec, tiny_corpus, tmp_path):
+    from training import train_prior
+
+    args = _tiny_prior_run(tiny_codec, tiny_corpus, tmp_path)
+    train_prior.main(args + ["--run_dir", str(tmp_path / "first"), "--steps", "3"])
+    source = tmp_path / "first" / "last.safetensors"
+    # A zero learning rate leaves the weights where they started: those of the source prior.
+    train_prior.main(args + ["--run_dir", str(tmp_path / "warm"), "--steps", "1", "--learning_rate", "0",
+                             "--init_from", str(source)])
+    start = TokenPrior.load(source).model.state_dict()
+    warm = TokenPrior.load(tmp_path / "warm" / "last.safetensors").model.state_dict()
+    assert all(torch.equal(start[k], warm[k]) for k in start)
+    with pytest.raises(SystemExit, match="another shape"):
+        train_prior.main(args + ["--run_dir", str(tmp_path / "wide"), "--steps", "1", "--dim", "64",
+                                 "--init_from", str(source)])

@@ -11,6 +11,7 @@ Any PriorTrainConfig field can be overridden as `--field value`. Resumes exactly
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -34,6 +35,9 @@ class PriorTrainConfig:
     val_tokens: str = "tokens/val"
     run_dir: str = "runs/prior"
     codec_model_id: str = ""  # recorded in the prior; default: the id in the token index
+    # Start a new run from this prior's weights (same sizes), e.g. the prior of a codec whose
+    # codebooks have since moved: the code indices keep most of their meaning.
+    init_from: str = ""
     dim: int = 256
     layers: int = 6
     heads: int = 4
@@ -108,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         depth_hidden=config.depth_hidden, context=config.context, codec_model_id=codec_id,
     )
     model = TokenPriorModel(prior_config)
+    if config.init_from:
+        warm = TokenPrior.load(config.init_from).model
+        if dataclasses.replace(warm.config, codec_model_id=codec_id) != prior_config:
+            raise SystemExit(f"{config.init_from} has another shape: {warm.config} (this run: {prior_config})")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()})
     optimizer = torch.optim.AdamW(model.parameters(), config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
     generator = torch.Generator().manual_seed(config.seed)
