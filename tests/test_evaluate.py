@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from codec import Codec, build_model
+from codec.config import tiny_config
 from conftest import harmonic_signal
 
 from training import evaluate
@@ -178,3 +180,39 @@ def test_diagnosis_scores_each_variant_and_the_input_through_the_head_is_near_pe
                                                       *(f"decoded magnitude + input phase, random offset per {b} bins" for b in (1, 4, 16)))}
     assert float(rows["input"][0]) > 4.0  # the head inverts the analysis STFT exactly
     assert float(rows["input"][0]) > float(rows["4 levels: decoded"][0]) + 1.0  # an untrained codec is far off
+
+
+def test_entropy_coded_settings_are_charged_their_real_files(tiny_codec, tiny_checkpoint, tiny_prior_checkpoint, tmp_path):
+    from codec import bitstream
+    from codec.prior_api import TokenPrior
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
+    out = tmp_path / "eval"
+    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
+                   "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--examples", "0", "--out", str(out)])
+    with (out / "per_file.csv").open() as handle:
+        rows = {r["setting"]: r for r in csv.DictReader(handle)}
+    packed, coded = rows["1.5 kbps"], rows["1.5 kbps + prior"]
+    assert coded["family"] == "ours, entropy-coded"
+    # The same codes, so the same audio and scores; only the bytes differ.
+    for metric in ("pesq_wb", "stoi", "si_sdr", "mel_distance"):
+        assert coded[metric] == packed[metric]
+    codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
+    audio, rate = load_16k(clips / "a.wav")
+    encoded = codec.encode(audio, rate, bitrate=1.5)
+    data = bitstream.write_stream(codec.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes))
+    assert int(coded["bytes"]) == len(data) != int(packed["bytes"])
+
+
+def test_entropy_coded_settings_need_the_codecs_own_prior(tiny_codec, tiny_prior_checkpoint, tmp_path):
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(5)
+    Codec(build_model(tiny_config()).eval(), "vqcodec-tiny:other").save(other)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "a.wav", harmonic_signal(1.0, 16000, 7), 16000, subtype="PCM_16")
+    with pytest.raises(SystemExit, match="models the tokens of"):
+        evaluate.main(["--folder", str(clips), "--checkpoint", str(other), "--no-baselines", "--bitrates", "1.5",
+                       "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--out", str(tmp_path / "e")])

@@ -25,7 +25,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from codec import Codec
+from codec import Codec, bitstream
+from codec.prior_api import TokenPrior
 
 SAMPLE_RATE = 16000
 OPUS_KBPS = (6, 8, 12)
@@ -70,6 +71,29 @@ class OurCodec(System):
         data = self.codec.to_bytes(encoded)
         decoded = self.codec.decode(encoded)[0, 0].numpy()
         return SystemOutput(decoded, len(data), self.codec.config.bitrate(encoded.num_levels))
+
+
+class OurEntropyCodedCodec(OurCodec):
+    """Our codec with its tokens entropy-coded by the prior (`codec encode --entropy`): charged
+    the bytes of that file, and decoded from it, so the round trip is checked on every file."""
+
+    family = "ours, entropy-coded"
+
+    def __init__(self, codec: Codec, kbps: float, prior: TokenPrior):
+        super().__init__(codec, kbps)
+        self.prior = prior
+        self.setting = f"{kbps:g} kbps + prior"
+
+    def run(self, audio: np.ndarray) -> SystemOutput:
+        encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps)
+        payload = self.prior.entropy_encode(encoded.codes)
+        data = bitstream.write_stream(self.codec.header(encoded, coding="entropy"), payload=payload)
+        stream = bitstream.read_stream(data)
+        codes = self.prior.entropy_decode(stream.payload, stream.header.num_levels, stream.header.num_frames)
+        if not torch.equal(codes, encoded.codes):
+            raise RuntimeError("entropy decoding did not give back the encoded codes")
+        decoded = self.codec.decode(encoded)[0, 0].numpy()
+        return SystemOutput(decoded, len(data), len(payload) * 8 * SAMPLE_RATE / len(audio))
 
 
 def _run(command: list[str]) -> None:
@@ -169,9 +193,11 @@ def missing_tools() -> dict[str, list[str]]:
 
 
 def build_systems(
-    codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print
+    codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print,
+    entropy_bitrates: list[float] = (), prior: TokenPrior | None = None,
 ) -> list[System]:
-    """Our codec at each bitrate (one per distinct number of levels), then the baselines found."""
+    """Our codec at each bitrate (one per distinct number of levels), entropy-coded with `prior`
+    at each of `entropy_bitrates`, then the baselines found."""
     systems: list[System] = []
     if codec is not None:
         seen: dict[int, float] = {}
@@ -182,6 +208,8 @@ def build_systems(
                 continue
             seen[system.levels] = kbps
             systems.append(system)
+        for kbps in entropy_bitrates if prior is not None else ():
+            systems.append(OurEntropyCodedCodec(codec, kbps, prior))
     if not baselines:
         return systems
     missing = missing_tools()

@@ -35,6 +35,7 @@ import torchaudio.functional as AF
 from tqdm import tqdm
 
 from codec import Codec
+from codec.prior_api import TokenPrior
 from codec.usage import LevelUsage, codebook_usage
 from training import plots
 from training.baselines import SAMPLE_RATE, System, build_systems
@@ -156,11 +157,21 @@ _worker_systems: list[System] = []
 
 
 def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool, use_codec: bool,
-                 threads: int) -> None:
+                 threads: int, entropy_bitrates: list[float] = (), prior_checkpoint: str | None = None) -> None:
     global _worker_systems
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint) if use_codec else None
-    _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None)
+    prior = load_prior(prior_checkpoint, codec) if entropy_bitrates and codec is not None else None
+    _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None,
+                                    entropy_bitrates=entropy_bitrates, prior=prior)
+
+
+def load_prior(path: str | None, codec: Codec) -> TokenPrior:
+    """The prior for entropy-coded systems; it must model this codec's tokens."""
+    prior = TokenPrior.load(path)
+    if prior.codec_model_id != codec.model_id:
+        raise SystemExit(f"the prior models the tokens of {prior.codec_model_id}, not of {codec.model_id}")
+    return prior
 
 
 def _evaluate_in_worker(file: AudioFile, delays: dict[str, int]) -> FileResult:
@@ -283,7 +294,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     max_lag_s = args.max_lag_ms / 1000
     codec = None if args.no_codec else Codec.load(args.checkpoint)
-    systems = build_systems(codec, args.bitrates, not args.no_baselines)
+    prior = load_prior(args.prior, codec) if args.entropy_bitrates and codec is not None else None
+    systems = build_systems(codec, args.bitrates, not args.no_baselines,
+                            entropy_bitrates=args.entropy_bitrates, prior=prior)
     if not systems:
         raise SystemExit("nothing to evaluate: no codec and no baselines")
     files = list_files(args)
@@ -299,7 +312,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.jobs > 1:
         pool = ProcessPoolExecutor(
             args.jobs, multiprocessing.get_context("spawn"), _init_worker,
-            (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads),
+            (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads,
+             args.entropy_bitrates, args.prior),
         )
         futures = [pool.submit(_evaluate_in_worker, f, delays) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
@@ -347,6 +361,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="codec checkpoint; default: the bundled model")
     parser.add_argument("--bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 1.5, 3.0, 6.0],
                         help="our codec's bitrates in kbps, comma-separated")
+    parser.add_argument("--entropy-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also our codec at these kbps with its tokens entropy-coded by the prior "
+                             "(charged the bytes of `codec encode --entropy`'s file)")
+    parser.add_argument("--prior", help="prior checkpoint for --entropy-bitrates; default: the bundled prior")
     parser.add_argument("--no-baselines", action="store_true", help="skip Opus and Codec2")
     parser.add_argument("--no-codec", action="store_true", help="baselines only")
     parser.add_argument("--max-files", type=int, default=0)
