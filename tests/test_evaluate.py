@@ -216,3 +216,27 @@ def test_entropy_coded_settings_need_the_codecs_own_prior(tiny_codec, tiny_prior
     with pytest.raises(SystemExit, match="models the tokens of"):
         evaluate.main(["--folder", str(clips), "--checkpoint", str(other), "--no-baselines", "--bitrates", "1.5",
                        "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--out", str(tmp_path / "e")])
+
+
+def test_a_known_delay_is_removed_as_is_and_others_are_measured(tmp_path):
+    """Our codec declares its delay (0 by construction) instead of having it measured: a
+    measurement can lock onto pitch pulses of a vocoder's output. Other systems are measured."""
+    from training.baselines import OurCodec, System, SystemOutput
+
+    class Late(System):
+        family, setting, nominal_kbps = "test", "late", 1.0
+
+        def __init__(self, delay):
+            self.delay = delay
+
+        def run(self, audio):
+            return SystemOutput(np.concatenate([np.zeros(40, np.float32), audio]), 0, 0.0)
+
+    path = tmp_path / "a.wav"
+    sf.write(path, harmonic_signal(1.0, 16000, 3), 16000, subtype="PCM_16")
+    files = [evaluate.AudioFile(str(path), "a.wav", 1.0)]
+    declared, measured = Late(0), Late(None)
+    measured.setting = "measured"
+    delays = evaluate.calibrate_delays([declared, measured], files, 0.01)
+    assert delays == {"test late": 0, "test measured": 40}
+    assert OurCodec.delay == 0

@@ -5,9 +5,9 @@
     python -m training.evaluate --folder my_clips/ --out docs/eval
 
 Every system is charged the size of the file it writes (ours: the codec.bitstream file, header
-included; Opus: the Ogg file; Codec2: the .c2 file). Each system's delay is measured once,
-on the first files (training.metrics.system_delay), and removed from all its outputs before they are
-scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
+included; Opus: the Ogg file; Codec2: the .c2 file). Each system's delay (ours: 0 by construction;
+the others: measured once on the first files, training.metrics.system_delay) is removed from all
+its outputs before they are scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
 Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over the scored files and,
 with --usage-whole-split, over the whole split),
 rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
@@ -123,10 +123,11 @@ def bandwidth_note(counts: Counter) -> str:
 
 
 def calibrate_delays(systems: list[System], files: list[AudioFile], max_lag_s: float) -> dict[str, int]:
-    """Each system's delay in samples, measured on these files."""
+    """Each system's delay in samples: its own where known by construction, else measured on
+    these files."""
     references = [load_audio(f.path) for f in files]
     max_lag = int(round(max_lag_s * SAMPLE_RATE))
-    return {s.name: system_delay([(r, s.run(r).audio) for r in references], max_lag)
+    return {s.name: s.delay if s.delay is not None else system_delay([(r, s.run(r).audio) for r in references], max_lag)
             for s in tqdm(systems, desc="measuring delays", unit="system")}
 
 
