@@ -4,13 +4,14 @@
     encoded = codec.encode(wav, sample_rate=44100, bitrate=3.0)   # wav [C, T] or [B, C, T]
     audio = codec.decode(encoded)             # [B, 1, T] at codec.sample_rate, original length
     data = codec.to_bytes(encoded)            # the compact file format (codec.bitstream)
+    data = codec.to_bytes(encoded, prior=TokenPrior.load())   # smaller: entropy-coded with the prior
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -19,9 +20,12 @@ from codec import bitstream
 from codec.audio import AudioSource, TensorSource, open_audio
 from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
 from codec.config import CodecConfig
-from codec.errors import CorruptStreamError, InvalidAudioError
+from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from codec.model import CodecModel, build_model
 from codec.windowing import Progress, decode_windows, encode_source
+
+if TYPE_CHECKING:
+    from codec.prior_api import TokenPrior
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "codec.safetensors"
 
@@ -165,21 +169,34 @@ class Codec:
             coding=coding,
         )
 
-    def to_bytes(self, encoded: EncodedAudio) -> bytes:
-        """One item's codes [1, K, N] -> the bit-packed file format."""
+    def to_bytes(self, encoded: EncodedAudio, prior: TokenPrior | None = None) -> bytes:
+        """One item's codes [1, K, N] -> the file format: bit-packed, or entropy-coded with
+        `prior` (which must model this codec's tokens)."""
         if encoded.codes.shape[0] != 1:
             raise ValueError("to_bytes writes one item; split the batch first")
-        return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy())
+        if prior is None:
+            return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy())
+        self._check_prior(prior)
+        return bitstream.write_stream(self.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes))
 
-    def from_bytes(self, data: bytes) -> EncodedAudio:
-        """Parse a file written by to_bytes and check that this model can decode it."""
+    def from_bytes(self, data: bytes, prior: TokenPrior | None = None) -> EncodedAudio:
+        """Parse a file written by to_bytes and check that this model can decode it; an
+        entropy-coded file needs the `prior` it was written with."""
         stream = bitstream.read_stream(data)
         header = stream.header
-        if header.coding != "packed":
-            raise CorruptStreamError(f"stream uses {header.coding!r} coding; decode it with the prior")
         self.check_header(header)
-        codes = torch.from_numpy(bitstream.decode_packed(stream))[None]
+        if header.coding == "packed":
+            codes = torch.from_numpy(bitstream.decode_packed(stream))[None]
+        elif prior is None:
+            raise CorruptStreamError(f"stream uses {header.coding!r} coding; decode it with the prior")
+        else:
+            self._check_prior(prior)
+            codes = prior.entropy_decode(stream.payload, header.num_levels, header.num_frames)
         return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id)
+
+    def _check_prior(self, prior: TokenPrior) -> None:
+        if reason := prior.mismatch(self):
+            raise CodecError(reason)
 
     def check_header(self, header: bitstream.StreamHeader) -> None:
         q = self.config.quantizer

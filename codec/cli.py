@@ -73,12 +73,7 @@ def cmd_encode(args) -> None:
         encoded = codec.encode_source(source, args.bitrate, update)
     finally:
         close()
-    if args.entropy:
-        prior = _load_prior(args, codec)
-        header = codec.header(encoded, coding="entropy")
-        data = bitstream.write_stream(header, payload=prior.entropy_encode(encoded.codes))
-    else:
-        data = codec.to_bytes(encoded)
+    data = codec.to_bytes(encoded, _load_prior(args, codec) if args.entropy else None)
     with _output(args.output) as out:
         out.write(data)
 
@@ -87,24 +82,18 @@ def _load_prior(args, codec):
     from codec.prior_api import TokenPrior
 
     prior = TokenPrior.load(args.prior)
-    if prior.codec_model_id and prior.codec_model_id != codec.model_id:
-        raise CodecError(f"the prior models tokens of {prior.codec_model_id}, not of {codec.model_id}")
+    if reason := prior.mismatch(codec):
+        raise CodecError(reason)
     return prior
 
 
 def _read_encoded(args, codec):
-    """An EncodedAudio from a packed or entropy-coded file (the header says which)."""
-    from codec.api import EncodedAudio
-
+    """An EncodedAudio from a packed or entropy-coded file (the header says which; only the
+    second needs the prior)."""
     source = _read_input(args.input)
     data = source if isinstance(source, bytes) else _read_file(source)
-    stream = bitstream.read_stream(data)
-    if stream.header.coding == "packed":
-        return codec.from_bytes(data)
-    header = stream.header
-    codec.check_header(header)
-    codes = _load_prior(args, codec).entropy_decode(stream.payload, header.num_levels, header.num_frames)
-    return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id)
+    entropy_coded = bitstream.read_stream(data).header.coding == "entropy"
+    return codec.from_bytes(data, _load_prior(args, codec) if entropy_coded else None)
 
 
 def _wav_header(num_samples: int, sample_rate: int) -> bytes:

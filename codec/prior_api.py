@@ -67,6 +67,15 @@ class TokenPrior:
     def codec_model_id(self) -> str:
         return self.config.codec_model_id
 
+    def mismatch(self, codec) -> str | None:
+        """Why this prior cannot model `codec`'s tokens (a codec.api.Codec), or None if it can."""
+        q = codec.config.quantizer
+        if self.codec_model_id != codec.model_id:
+            return f"the prior models the tokens of {self.codec_model_id or 'an unnamed codec'}, not of {codec.model_id}"
+        if self.num_levels > q.num_levels or self.codebook_size != q.codebook_size:
+            return f"the prior's {self.num_levels} x {self.codebook_size} codes do not fit the codec's {q.num_levels} x {q.codebook_size}"
+        return None
+
     def _check_codes(self, codes: torch.Tensor, what: str) -> None:
         if codes.dim() != 3 or codes.shape[0] != 1 or not 1 <= codes.shape[1] <= self.num_levels:
             raise ValueError(f"{what} must be codes [1, K, N] with 1 <= K <= {self.num_levels}, got {tuple(codes.shape)}")

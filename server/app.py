@@ -114,9 +114,7 @@ def load_prior(path: Path | None, codec: Codec, device: torch.device) -> tuple[T
             return None, "this installation has no prior model"
         raise CheckpointError(f"prior checkpoint {path} does not exist")
     prior = TokenPrior.load(str(path), device=str(device))
-    q = codec.config.quantizer
-    if prior.codec_model_id != codec.model_id or prior.num_levels > q.num_levels or prior.codebook_size != q.codebook_size:
-        reason = f"the prior models codes of {prior.codec_model_id}, but the loaded codec is {codec.model_id}"
+    if reason := prior.mismatch(codec):
         logger.warning("%s; /sample is off", reason)
         return None, reason
     return prior, None

@@ -4,6 +4,7 @@ exact and rejects damage, and the bulk tokenizer resumes and parallelises withou
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from codec import bitstream
 from codec.api import Codec
-from codec.errors import CorruptStreamError
+from codec.errors import CodecError, CorruptStreamError
 from codec.prior import PriorConfig, TokenPriorModel
 from codec.prior_api import TokenPrior
 from codec.sampling import FrameStepper
@@ -85,6 +87,28 @@ def test_entropy_coding_real_tokens_and_rejects_damage(tiny_codec, tiny_prior):
     other = TokenPrior(tiny_prior.model, "prior:ffffffffffff")
     with pytest.raises(CorruptStreamError, match="prior"):
         other.entropy_decode(payload, codes.shape[1], codes.shape[2])
+
+
+def test_codec_files_entropy_coded_with_the_prior(tiny_codec, tiny_prior):
+    """Codec.to_bytes/from_bytes with a prior: the same codes back from a smaller file that
+    says how it was coded; it cannot be read without the prior, nor written with another
+    codec's prior."""
+    wav, rate = sf.read(Path(__file__).parent / "data" / "arctic_a0009.wav", dtype="float32")
+    encoded = tiny_codec.encode(wav, rate, bitrate=tiny_codec.bitrates()[1])
+    data = tiny_codec.to_bytes(encoded, tiny_prior)
+    assert bitstream.read_stream(data).header.coding == "entropy"
+    back = tiny_codec.from_bytes(data, tiny_prior)
+    assert torch.equal(back.codes, encoded.codes) and back.num_samples == encoded.num_samples
+    assert tiny_codec.from_bytes(tiny_codec.to_bytes(encoded), tiny_prior).codes.equal(encoded.codes)  # packed: prior unused
+    with pytest.raises(CorruptStreamError, match="prior"):
+        tiny_codec.from_bytes(data)
+    stranger = TokenPrior(TokenPriorModel(dataclasses.replace(tiny_prior.config, codec_model_id="vqcodec-tiny:other")), "prior:x")
+    assert "vqcodec-tiny:other" in stranger.mismatch(tiny_codec) and tiny_prior.mismatch(tiny_codec) is None
+    for call in (lambda: tiny_codec.to_bytes(encoded, stranger), lambda: tiny_codec.from_bytes(data, stranger)):
+        with pytest.raises(CodecError, match="tokens of vqcodec-tiny:other"):
+            call()
+    wider = TokenPrior(TokenPriorModel(dataclasses.replace(tiny_prior.config, codebook_size=2 * tiny_prior.codebook_size)), "prior:y")
+    assert "do not fit" in wider.mismatch(tiny_codec)
 
 
 def _corpus(tmp_path: Path, count: int = 7) -> Path:

@@ -93,11 +93,9 @@ class OurEntropyCodedCodec(OurCodec):
 
     def run(self, audio: np.ndarray) -> SystemOutput:
         encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps)
-        payload = self.prior.entropy_encode(encoded.codes)
-        data = bitstream.write_stream(self.codec.header(encoded, coding="entropy"), payload=payload)
-        stream = bitstream.read_stream(data)
-        codes = self.prior.entropy_decode(stream.payload, stream.header.num_levels, stream.header.num_frames)
-        if not torch.equal(codes, encoded.codes):
+        data = self.codec.to_bytes(encoded, self.prior)
+        payload = bitstream.read_stream(data).payload
+        if not torch.equal(self.codec.from_bytes(data, self.prior).codes, encoded.codes):
             raise RuntimeError("entropy decoding did not give back the encoded codes")
         decoded = self.codec.decode(encoded)[0, 0].numpy()
         return SystemOutput(decoded, len(data), len(payload) * 8 * SAMPLE_RATE / len(audio))

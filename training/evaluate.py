@@ -170,8 +170,8 @@ def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool,
 def load_prior(path: str | None, codec: Codec) -> TokenPrior:
     """The prior for entropy-coded systems; it must model this codec's tokens."""
     prior = TokenPrior.load(path)
-    if prior.codec_model_id != codec.model_id:
-        raise SystemExit(f"the prior models the tokens of {prior.codec_model_id}, not of {codec.model_id}")
+    if reason := prior.mismatch(codec):
+        raise SystemExit(reason)
     return prior
 
 

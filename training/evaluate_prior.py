@@ -50,12 +50,10 @@ def evaluate(codec: Codec, prior: TokenPrior, paths: list[str], bitrates: list[f
                 continue
             packed = codec.to_bytes(encoded)
             start = time.perf_counter()
-            payload = prior.entropy_encode(codes)
+            entropy_file = codec.to_bytes(encoded, prior)
             middle = time.perf_counter()
-            header = codec.header(encoded, coding="entropy")
-            entropy_file = bitstream.write_stream(header, payload=payload)
-            stream = bitstream.read_stream(entropy_file)
-            decoded = prior.entropy_decode(stream.payload, stream.header.num_levels, stream.header.num_frames)
+            decoded = codec.from_bytes(entropy_file, prior).codes
+            payload = bitstream.read_stream(entropy_file).payload
             coded["decode_s"] += time.perf_counter() - middle
             coded["encode_s"] += middle - start
             coded["files"] += 1
@@ -111,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     codec, prior = Codec.load(args.codec), TokenPrior.load(args.prior)
-    if prior.codec_model_id and prior.codec_model_id != codec.model_id:
-        raise SystemExit(f"the prior models tokens of {prior.codec_model_id}, not of {codec.model_id}")
+    if reason := prior.mismatch(codec):
+        raise SystemExit(reason)
     clips = read_manifest(args.manifest, args.split, tuple(args.kind) if args.kind else None)
     random.Random(args.seed).shuffle(clips)
     paths, total = [], 0.0
