@@ -198,3 +198,17 @@ def test_half_precision_id_hashes_the_config_as_stored(tmp_path):
     shipped = tmp_path / "shipped.safetensors"
     save_checkpoint(shipped, "codec", config, checkpoint.tensors, half=True)
     assert export.half_precision_id(old) == f"{config['name']}:{read_checkpoint(shipped, 'codec').digest[:12]}"
+
+
+def test_level_dropout_override_reaches_the_model_and_its_checkpoint(tiny_corpus, tmp_path):
+    """--level_dropout 1.0 trains every number of levels equally and is recorded with the weights."""
+    tiny_run(tiny_corpus, tmp_path / "uniform", steps=2, level_dropout=1.0)
+    codec = Codec.load(tmp_path / "uniform" / "last.safetensors")
+    assert codec.config.quantizer.level_dropout == 1.0
+    assert json.loads((tmp_path / "uniform" / "config.json").read_text())["model"]["quantizer"]["level_dropout"] == 1.0
+    quantizer = codec.model.quantizer.train()
+    k = codec.config.quantizer.num_levels
+    torch.manual_seed(0)
+    levels = quantizer._levels_per_item(20_000, None, torch.device("cpu"))
+    assert abs(float((levels == k).float().mean()) - 1 / k) < 0.02  # 0.5 would give 0.5 + 0.5 / k
+    assert abs(float((levels == 1).float().mean()) - 1 / k) < 0.02
