@@ -212,3 +212,12 @@ def test_level_dropout_override_reaches_the_model_and_its_checkpoint(tiny_corpus
     levels = quantizer._levels_per_item(20_000, None, torch.device("cpu"))
     assert abs(float((levels == k).float().mean()) - 1 / k) < 0.02  # 0.5 would give 0.5 + 0.5 / k
     assert abs(float((levels == 1).float().mean()) - 1 / k) < 0.02
+
+
+def test_stoi_loss_is_named_weighted_and_logged_when_switched_on(tiny_corpus, tmp_path):
+    tiny_run(tiny_corpus, tmp_path / "off", steps=2, log_every=1)
+    tiny_run(tiny_corpus, tmp_path / "on", steps=2, log_every=1, lambdas={**TrainConfig().lambdas, "stoi": 2.0})
+    off = [r for r in read_metrics(tmp_path / "off") if "loss" in r]
+    on = [r for r in read_metrics(tmp_path / "on") if "loss" in r]
+    assert off and "stoi/loss" not in off[0]  # weight 0: not computed
+    assert on and all(0 < r["stoi/loss"] <= 2 for r in on)

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         f"bitrates {', '.join(f'{b:g}' for b in codec.bitrates())} kbps (1 to {config.quantizer.num_levels} levels)",
         f"- trained {steps} steps ({history}) of batch {train_config['batch_size']} x {train_config['segment_seconds']} s "
         f"crops, {hours:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
-        f"- losses (last stage): {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if k not in ('adv', 'feat') or train_config['adversarial'])}"
+        f"- losses (last stage): {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if v and (k not in ('adv', 'feat') or train_config['adversarial']))}"
         f"; adversarial training {'on' if train_config['adversarial'] else 'off'}"
         + (f"; the last stage kept the {' and '.join(train_config['freeze'].split(','))} frozen" if train_config.get("freeze") else ""),
         "",
