@@ -26,7 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from codec import Codec
+from starlette.concurrency import run_in_threadpool
+
+from codec import Codec, bitstream
+from codec.api import EncodedAudio
 from codec.audio import FileSource, open_audio
 from codec.errors import InvalidAudioError
 from codec.windowing import decode_windows, encode_source
@@ -107,11 +110,35 @@ class CodecEngine:
     async def read_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
         """`open_audio` in the model's thread (it converts and resamples with PyTorch), waiting
         at most the request timeout for that thread (QueueTimeout); not started, it never runs."""
-        work = asyncio.get_running_loop().run_in_executor(self.executor, self.open_audio, data, bitrate)
+        return await self._in_model_thread("audio not read", self.open_audio, data, bitrate)
+
+    async def _in_model_thread(self, what: str, function, *args):
+        work = asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
         try:
             return await asyncio.wait_for(work, self.timeout)
         except asyncio.TimeoutError:
-            raise QueueTimeout(f"audio not read within {self.timeout:g} s: the model is busy") from None
+            raise QueueTimeout(f"{what} within {self.timeout:g} s: the model is busy") from None
+
+    def require_prior(self) -> Any:
+        if self.prior is None:
+            raise ApiError(503, f"no prior is loaded: {self.prior_reason}", "no_prior")
+        return self.prior
+
+    async def to_bytes(self, encoded: EncodedAudio, entropy: bool) -> bytes:
+        """The codec's file for one item; entropy-coded with the prior (in the model's thread,
+        which runs one job at a time: the range coder pins PyTorch to one thread meanwhile)."""
+        if not entropy:
+            return self.codec.to_bytes(encoded)
+        prior = self.require_prior()
+        return await self._in_model_thread("not entropy-coded", self.codec.to_bytes, encoded, prior)
+
+    async def read_stream(self, data: bytes) -> DecodeJob:
+        """The codec's binary file, packed or entropy-coded -> a DecodeJob (see check_stream)."""
+        header = bitstream.read_stream(data).header
+        if header.coding == "packed":
+            return await run_in_threadpool(self.check_stream, data)
+        self.require_prior()
+        return await self._in_model_thread("stream not entropy-decoded", self.check_stream, data)
 
     def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
         """Check audio bytes from their header before decoding any samples, then read them."""
@@ -164,13 +191,14 @@ class CodecEngine:
         return DecodeJob(torch.tensor(codes, dtype=torch.long), num_samples)
 
     def check_stream(self, data: bytes) -> DecodeJob:
-        """The codec's binary file -> a DecodeJob; CorruptStreamError (400) if it is damaged."""
-        encoded = self.codec.from_bytes(data)
-        frames = encoded.codes.shape[-1]
-        if frames == 0:
+        """The codec's binary file -> a DecodeJob; CorruptStreamError (400) if it is damaged.
+        Its size is checked from the header, before any entropy decoding."""
+        header = bitstream.read_stream(data).header
+        if header.num_frames == 0:
             raise unprocessable("stream has no frames")
-        if frames > self.max_frames:
-            raise too_large(f"stream holds {frames} frames; at most {self.max_frames} are accepted")
+        if header.num_frames > self.max_frames:
+            raise too_large(f"stream holds {header.num_frames} frames; at most {self.max_frames} are accepted")
+        encoded = self.codec.from_bytes(data, self.prior if header.coding == "entropy" else None)
         return DecodeJob(encoded.codes[0], encoded.num_samples)
 
     # Model calls (awaited on the event loop, run in the executor).

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 from fastapi.testclient import TestClient
 
-from codec import Codec
+from codec import Codec, bitstream
 from conftest import harmonic_signal
 from serving import running_server
 from server.app import _fail_readiness_on_sigterm, create_app
@@ -328,6 +328,30 @@ def test_sample_without_a_prior_is_503(tiny_checkpoint):
     with client(tiny_checkpoint) as no_prior:
         assert_error(no_prior.post("/sample", json={"seconds": 1}), 503, "no prior")
         assert no_prior.get("/model").json()["prior"]["loaded"] is False
+
+
+def test_entropy_coded_streams_through_encode_and_decode(api, tiny_checkpoint):
+    data = audio_bytes(0.8, seed=4)
+    raw, binary = {"content-type": "audio/wav"}, {"content-type": "audio/wav", "accept": "application/octet-stream"}
+    as_json = api.post("/encode?bitrate=0.6", content=data, headers=raw).json()
+    packed = api.post("/encode?bitrate=0.6", content=data, headers=binary).content
+    coded = api.post("/encode?bitrate=0.6&entropy=true", content=data, headers=binary)
+    assert coded.status_code == 200, coded.text
+    assert bitstream.read_stream(coded.content).header.coding == "entropy"
+    engine = api.app.state.engine
+    assert engine.codec.from_bytes(coded.content, engine.prior).codes[0].tolist() == as_json["codes"]
+    stream = {"content-type": "application/octet-stream"}
+    wav = api.post("/decode", content=coded.content, headers=stream)
+    assert wav.status_code == 200, wav.text
+    assert wav.content == api.post("/decode", content=packed, headers=stream).content
+    assert_error(api.post("/encode?entropy=true", content=data, headers=raw), 422, "octet-stream")
+    damaged = bytearray(coded.content)
+    damaged[-1] ^= 0x10
+    assert_error(api.post("/decode", content=bytes(damaged), headers=stream), 400)
+    with client(tiny_checkpoint) as no_prior:
+        assert_error(no_prior.post("/decode", content=coded.content, headers=stream), 503, "no prior")
+        assert_error(no_prior.post("/encode?entropy=true", content=data, headers=binary), 503, "no prior")
+        assert no_prior.post("/decode", content=packed, headers=stream).status_code == 200
 
 
 def test_openapi_documents_every_route_with_examples(api):

@@ -23,7 +23,8 @@ REQUEST_BODY = {
     "content": {
         "application/json": {"schema": TokensIn.model_json_schema()},
         STREAM_TYPE: {"schema": {"type": "string", "format": "binary"},
-                      "description": "the file /encode returns with Accept: application/octet-stream"},
+                      "description": "the file /encode returns with Accept: application/octet-stream "
+                                     "(packed, or entropy-coded with entropy=true)"},
     },
 }
 ERRORS = error_responses({
@@ -32,7 +33,7 @@ ERRORS = error_responses({
     413: "body or number of frames over the limits",
     415: "not application/json or application/octet-stream",
     422: "malformed JSON, or codes of the wrong shape or range, or for another model",
-    503: "queue full (see Retry-After) or model not loaded",
+    503: "queue full (see Retry-After), model not loaded, or an entropy-coded stream and no prior loaded",
     504: "no answer within the request timeout",
 })
 
@@ -58,7 +59,7 @@ async def decode(
         if media == "application/json":
             job = await run_in_threadpool(_parse_json, engine, await _json_body(request, engine))
         else:
-            job = await run_in_threadpool(engine.check_stream, await request.body())
+            job = await engine.read_stream(await request.body())
         wav = await unless_disconnected(request, engine.decode(job, expected))
     return await audio_response(wav, engine.codec.sample_rate, audio_format(request, format))
 

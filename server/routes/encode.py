@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from codec.api import EncodedAudio
 from server.deps import Authorized, EngineDep
-from server.errors import ApiError, error_responses
+from server.errors import ApiError, error_responses, unprocessable
 from server.media import (
     AUDIO_TYPES, STREAM_TYPE, accepts, content_type, tokens_response, unless_disconnected, unsupported,
 )
@@ -31,8 +31,8 @@ ERRORS = error_responses({
     401: "missing or wrong API key",
     413: "body or audio duration over the limits",
     415: "not multipart or an audio content type",
-    422: "invalid parameter (bitrate)",
-    503: "queue full (see Retry-After) or model not loaded",
+    422: "invalid parameter (bitrate, or entropy=true without Accept: application/octet-stream)",
+    503: "queue full (see Retry-After), model not loaded, or entropy=true and no prior loaded",
     504: "no answer within the request timeout",
 })
 
@@ -51,7 +51,11 @@ async def encode(
     engine: EngineDep,
     bitrate: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="kbps; default: the highest",
                                            examples=[3.0])] = None,
+    entropy: Annotated[bool, Query(description="entropy-code the binary file with the token prior (about a "
+                                               "quarter smaller; needs Accept: application/octet-stream)")] = False,
 ):
+    if entropy and not accepts(request, STREAM_TYPE):
+        raise unprocessable("entropy=true gives the binary file: send Accept: application/octet-stream")
     with engine.encoder.expecting() as expected:  # batches forming now wait for this one
         data = await _read_audio(request)
 
@@ -63,7 +67,7 @@ async def encode(
     codec = engine.codec
     if accepts(request, STREAM_TYPE):
         encoded = EncodedAudio(codes[None], job.num_samples, codec.sample_rate, codec.model_id)
-        return Response(codec.to_bytes(encoded), media_type=STREAM_TYPE)
+        return Response(await engine.to_bytes(encoded, entropy), media_type=STREAM_TYPE)
     return tokens_response(engine.codec, codes, job.num_samples)
 
 
