@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from codec import Codec
+from codec.model import build_model
 from codec.usage import codebook_usage
 from training.data import load_validation, read_manifest
-from training.train import TrainConfig, state_digest, train
+from training.train import TrainConfig, state_digest, train, warm_start
 
 
 def tiny_run(manifest: Path, run_dir: Path, **overrides) -> TrainConfig:
@@ -206,6 +208,12 @@ def test_level_dropout_override_reaches_the_model_and_its_checkpoint(tiny_corpus
     codec = Codec.load(tmp_path / "uniform" / "last.safetensors")
     assert codec.config.quantizer.level_dropout == 1.0
     assert json.loads((tmp_path / "uniform" / "config.json").read_text())["model"]["quantizer"]["level_dropout"] == 1.0
+    # A warm start with another level dropout keeps the codebooks (only the sampling of levels differs).
+    base = Codec.load(tmp_path / "uniform" / "last.safetensors").model
+    fresh = build_model(dataclasses.replace(base.config, quantizer=dataclasses.replace(base.config.quantizer, level_dropout=0.25)))
+    warm_start(fresh, str(tmp_path / "uniform" / "last.safetensors"), announce=False)
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
     quantizer = codec.model.quantizer.train()
     k = codec.config.quantizer.num_levels
     torch.manual_seed(0)
