@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,12 @@ class QuantizerConfig:
     collapse_codes: int = 8
     # Probability that a training item is quantized with a random number of levels.
     level_dropout: float = 0.5
+
+    # Fields that steer training alone: configs differing only in these hold the same tensors and
+    # quantize alike, so a warm start carries the codebooks over.
+    TRAINING_FIELDS: ClassVar[tuple[str, ...]] = (
+        "commitment_weight", "ema_decay", "dead_code_threshold", "split_step", "collapse_codes", "level_dropout",
+    )
 
 
 @dataclass(frozen=True)

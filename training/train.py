@@ -340,7 +340,7 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
     (e.g. a new quantizer) keeps its fresh initialisation, except that a decoder whose config
     differs only in how its head makes phase moves over whole, less the phase-advance layer
     (restarted at the nominal advances) or pitch head (fresh), a quantizer that differs only in
-    its level dropout moves over whole, and an encoder fed "logmag" whose
+    its training settings (QuantizerConfig.TRAINING_FIELDS) moves over whole, and an encoder fed "logmag" whose
     new config feeds it "logmag+phase" moves over whole with zero weights on the new inputs (so it
     starts out computing the same latents); every other tensor must match."""
     warm = Codec.load(path).model
@@ -358,8 +358,8 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
             grown_weight = weight.new_zeros(weight.shape[0], 3 * weight.shape[1], weight.shape[2])
             grown_weight[:, : weight.shape[1]] = weight
             state["encoder.input.weight"] = grown_weight
-        elif part == "quantizer" and dataclasses.replace(old, level_dropout=new.level_dropout) == new:
-            pass  # level dropout only decides how training samples levels: the codebooks carry over
+        elif part == "quantizer" and dataclasses.replace(old, **{f: getattr(new, f) for f in old.TRAINING_FIELDS}) == new:
+            pass  # only how it trains differs: the codebooks carry over
         elif old != new:
             state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
             kept.append(part)
