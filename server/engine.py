@@ -133,12 +133,20 @@ class CodecEngine:
         return await self._in_model_thread("not entropy-coded", self.codec.to_bytes, encoded, prior)
 
     async def read_stream(self, data: bytes) -> DecodeJob:
-        """The codec's binary file, packed or entropy-coded -> a DecodeJob (see check_stream)."""
-        header = bitstream.read_stream(data).header
+        """The codec's binary file, packed or entropy-coded -> a DecodeJob; CorruptStreamError
+        (400) if it is damaged. Its size is checked from the header before any entropy decoding,
+        which runs in the model's thread (the range coder pins PyTorch to one thread meanwhile)."""
+        header = (await run_in_threadpool(bitstream.read_stream, data)).header
+        if header.num_frames == 0:
+            raise unprocessable("stream has no frames")
+        if header.num_frames > self.max_frames:
+            raise too_large(f"stream holds {header.num_frames} frames; at most {self.max_frames} are accepted")
         if header.coding == "packed":
-            return await run_in_threadpool(self.check_stream, data)
-        self.require_prior()
-        return await self._in_model_thread("stream not entropy-decoded", self.check_stream, data)
+            encoded = await run_in_threadpool(self.codec.from_bytes, data)
+        else:
+            prior = self.require_prior()
+            encoded = await self._in_model_thread("stream not entropy-decoded", self.codec.from_bytes, data, prior)
+        return DecodeJob(encoded.codes[0], encoded.num_samples)
 
     def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
         """Check audio bytes from their header before decoding any samples, then read them."""
@@ -189,17 +197,6 @@ class CodecEngine:
         elif -(-num_samples // hop) != frames:
             raise unprocessable(f"num_samples {num_samples} needs {-(-num_samples // hop)} frames, {what} have {frames}")
         return DecodeJob(torch.tensor(codes, dtype=torch.long), num_samples)
-
-    def check_stream(self, data: bytes) -> DecodeJob:
-        """The codec's binary file -> a DecodeJob; CorruptStreamError (400) if it is damaged.
-        Its size is checked from the header, before any entropy decoding."""
-        header = bitstream.read_stream(data).header
-        if header.num_frames == 0:
-            raise unprocessable("stream has no frames")
-        if header.num_frames > self.max_frames:
-            raise too_large(f"stream holds {header.num_frames} frames; at most {self.max_frames} are accepted")
-        encoded = self.codec.from_bytes(data, self.prior if header.coding == "entropy" else None)
-        return DecodeJob(encoded.codes[0], encoded.num_samples)
 
     # Model calls (awaited on the event loop, run in the executor).
 
