@@ -39,6 +39,7 @@ from training.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from training.pesq_loss import PesqLoss
 from training.state import load_training_state, save_training_state
 from training.stoi_loss import StoiLoss
 from training.validate import validate
@@ -74,7 +75,7 @@ class TrainConfig:
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
         default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "pitch": 1.0,
-                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0}
+                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0}
     )
     # Switch the GAN losses on. On 2 CPU cores, at batch 16 x 1 s with `adversarial_items` 8, a
     # step took 1.9 s against 0.8 s without them.
@@ -149,6 +150,7 @@ class Losses:
         self.head = HeadSpectrumLoss(head.n_fft, head.hop, absolute_phase=decoder.phase == "direct")
         self.pitch_range = (decoder.pitch_min_hz / model.sample_rate, decoder.pitch_max_hz / model.sample_rate)
         self.stoi = StoiLoss(model.sample_rate)
+        self.pesq = PesqLoss(model.sample_rate).to(device) if self.lambdas.get("pesq", 0) else None
 
     def reconstruction(self, output, wav) -> dict[str, torch.Tensor]:
         losses = {}
@@ -162,6 +164,8 @@ class Losses:
             losses["pitch"] = pitch_loss(output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range)
         if self.lambdas.get("stoi", 0):
             losses["stoi"] = self.stoi(output.audio, wav)
+        if self.pesq is not None:
+            losses["pesq"] = self.pesq(output.audio, wav)
         losses["commitment"] = output.commitment_loss
         losses["codebook"] = output.codebook_loss
         return losses
