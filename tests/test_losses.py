@@ -22,7 +22,9 @@ from training.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     mel_distance,
+    si_sdr_loss,
 )
+from training.metrics import si_sdr
 
 SR = 16_000
 T = 2048  # just over 2 x the largest half-window (1024) the default losses reflect-pad by
@@ -85,6 +87,20 @@ def test_mel_loss_decreases_as_estimate_approaches_target():
     losses = [loss_fn(x + level * noise, x).item() for level in (1.0, 0.3, 0.1, 0.03)]
     assert losses == sorted(losses, reverse=True)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_si_sdr_loss_is_minus_the_reported_si_sdr_and_skips_silent_items():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, T)
+    x[2] = 0.0  # silent: left out
+    y = (x + 0.5 * torch.randn_like(x)).requires_grad_()
+    loss = si_sdr_loss(y, x)
+    expected = [si_sdr(x[i, 0].numpy(), y[i, 0].detach().numpy()) for i in range(2)]
+    assert float(loss) == pytest.approx(-sum(expected) / 2, abs=1e-3)
+    loss.backward()
+    assert torch.isfinite(y.grad).all() and y.grad[:2].abs().sum() > 0 and y.grad[2].abs().sum() == 0
+    # No correlation at all: SI-SDR is floored at -30 dB instead of running to minus infinity.
+    assert float(si_sdr_loss(torch.full((2, 1, T), 1e-3), x[:2])) == pytest.approx(30.0)
 
 
 def test_mel_distance_is_symmetric():

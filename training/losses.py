@@ -200,6 +200,25 @@ def pitch_loss(log_f0: Tensor, voicing: Tensor, x: Tensor, n_fft: int, hop: int,
     return f0_term + F.binary_cross_entropy_with_logits(voicing, voiced)
 
 
+def si_sdr_loss(x_hat: Tensor, x: Tensor, min_rms: float = 10 ** (-45 / 20), floor_db: float = -30.0) -> Tensor:
+    """x_hat, x [B, 1, T] -> minus the mean SI-SDR in dB over items louder than `min_rms`.
+
+    SI-SDR = 10 log10(rho^2 / (1 - rho^2)) with rho the correlation of the zero-mean signals,
+    the same number `training.metrics.si_sdr` reports. rho^2 is floored at `floor_db`: a decoder
+    whose phase is synthesised sits near rho = 0, where the log's slope has no bound.
+    """
+    reference, estimate = x[:, 0].float(), x_hat[:, 0].float()
+    loud = reference.square().mean(dim=1).sqrt() > min_rms
+    if not loud.any():
+        return x_hat.sum() * 0.0
+    reference, estimate = reference[loud], estimate[loud]
+    reference = reference - reference.mean(dim=1, keepdim=True)
+    estimate = estimate - estimate.mean(dim=1, keepdim=True)
+    rho = (reference * estimate).sum(dim=1) / (reference.norm(dim=1) * estimate.norm(dim=1) + 1e-8)
+    share = rho.square().clamp(10 ** (floor_db / 10), 1 - 1e-6)
+    return -(10 * torch.log10(share / (1 - share))).mean()
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_distance_params(sample_rate: int) -> tuple[Tensor, Tensor]:
     return torch.hann_window(1024), _mel_fbank(1024, 80, sample_rate)

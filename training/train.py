@@ -33,6 +33,7 @@ from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (
     HeadSpectrumLoss,
     pitch_loss,
+    si_sdr_loss,
     MelLoss,
     MultiResolutionSTFTLoss,
     discriminator_loss,
@@ -75,7 +76,7 @@ class TrainConfig:
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
         default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "pitch": 1.0,
-                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0}
+                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0, "sisdr": 0.0}
     )
     # Switch the GAN losses on. On 2 CPU cores, at batch 16 x 1 s with `adversarial_items` 8, a
     # step took 1.9 s against 0.8 s without them.
@@ -166,6 +167,8 @@ class Losses:
             losses["stoi"] = self.stoi(output.audio, wav)
         if self.pesq is not None:
             losses["pesq"] = self.pesq(output.audio, wav)
+        if self.lambdas.get("sisdr", 0):
+            losses["sisdr"] = si_sdr_loss(output.audio, wav)
         losses["commitment"] = output.commitment_loss
         losses["codebook"] = output.codebook_loss
         return losses
