@@ -100,7 +100,7 @@ def test_si_sdr_loss_is_minus_the_reported_si_sdr_and_skips_silent_items():
     loss.backward()
     assert torch.isfinite(y.grad).all() and y.grad[:2].abs().sum() > 0 and y.grad[2].abs().sum() == 0
     # No correlation at all: SI-SDR is floored at -30 dB instead of running to minus infinity.
-    assert float(si_sdr_loss(torch.full((2, 1, T), 1e-3), x[:2])) == pytest.approx(30.0)
+    assert float(si_sdr_loss(torch.full((2, 1, T), 1e-3), x[:2])) == pytest.approx(30.0, abs=0.01)
 
 
 def test_mel_distance_is_symmetric():
