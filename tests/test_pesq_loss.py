@@ -58,3 +58,21 @@ def test_silent_items_are_left_out():
     mixed[1, 0] = torch.from_numpy(wav[:rate])
     loss = PesqLoss(rate)(mixed + 0.01 * torch.randn_like(mixed), mixed)
     assert torch.isfinite(loss) and float(loss) > 0
+
+
+def test_items_pesq_cannot_score_get_no_gradient_and_the_others_keep_theirs():
+    rate = 16000
+    wav, _ = sf.read(SPEECH, dtype="float32")
+    speech = torch.from_numpy(wav[:rate])
+    click = torch.zeros(rate)
+    click[rate // 2] = 0.9
+    x = torch.stack([speech, click, speech])[:, None]
+    torch.manual_seed(0)
+    # A silent estimate makes torch-pesq divide 0 by 0; an exact copy of a click leaves windows
+    # without audible error, whose float32 sixth powers underflow. Neither may send NaN back.
+    y = torch.stack([speech + 0.01 * torch.randn(rate), click, torch.zeros(rate)])[:, None].requires_grad_()
+    loss = PesqLoss(rate)(y, x)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(y.grad).all()
+    assert y.grad[0].abs().sum() > 0 and y.grad[2].abs().sum() == 0

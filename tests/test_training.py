@@ -229,3 +229,30 @@ def test_stoi_loss_is_named_weighted_and_logged_when_switched_on(tiny_corpus, tm
     on = [r for r in read_metrics(tmp_path / "on") if "loss" in r]
     assert off and "stoi/loss" not in off[0]  # weight 0: not computed
     assert on and all(0 < r["stoi/loss"] <= 2 for r in on)
+
+
+@pytest.mark.slow
+def test_pesq_and_si_sdr_losses_are_logged_when_switched_on(tiny_corpus, tmp_path):
+    tiny_run(tiny_corpus, tmp_path, steps=2, log_every=1, lambdas={**TrainConfig().lambdas, "pesq": 1.0, "sisdr": 0.05})
+    records = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert records and all(r["pesq/loss"] > 0 and -60 <= r["sisdr/loss"] <= 30 for r in records)
+
+
+@pytest.mark.slow
+def test_a_step_with_non_finite_gradients_is_skipped_not_applied(tiny_corpus, tmp_path, monkeypatch):
+    from training import train as train_module
+
+    calls = {"n": 0}
+    total = train_module.Losses.total
+
+    def poisoned_total(self, losses):
+        calls["n"] += 1
+        value = total(self, losses)
+        return value * float("nan") if calls["n"] in (3, 4) else value
+
+    monkeypatch.setattr(train_module.Losses, "total", poisoned_total)
+    tiny_run(tiny_corpus, tmp_path, steps=6, log_every=1)
+    records = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2]
+    weights = Codec.load(tmp_path / "last.safetensors").model.state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

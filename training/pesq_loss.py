@@ -22,6 +22,15 @@ from torch import Tensor, nn
 MIN_RMS = 10 ** (-45 / 20)
 
 
+def _zero_non_finite_items(grad: Tensor) -> Tensor:
+    """Gradient [B, T] with the items that hold a NaN or inf set to 0. torch-pesq sends NaN back
+    for an item whose frames it all calls silent (0 / 0) and, in float32, for a 20-frame window
+    without audible error (its floored disturbances' sixth powers underflow to 0, where the sixth
+    root has no finite slope). Those items then teach nothing instead of poisoning the weights;
+    float64 would avoid the underflow at 6x the time."""
+    return grad.masked_fill(~torch.isfinite(grad).all(dim=1, keepdim=True), 0.0)
+
+
 class PesqLoss(nn.Module):
     """x_hat, x [B, 1, T] -> mean PESQ disturbance over the items loud enough to score."""
 
@@ -39,8 +48,14 @@ class PesqLoss(nn.Module):
         if not loud.any():
             return x_hat.sum() * 0.0
         # torch-pesq scales its inputs in place on the way; give it copies.
-        disturbance = self.pesq(reference[loud].clone(), estimate[loud].clone())
-        return disturbance.nan_to_num(nan=0.0).mean()
+        reference, estimate = reference[loud].clone(), estimate[loud].clone()
+        if estimate.requires_grad:
+            estimate.register_hook(_zero_non_finite_items)
+        disturbance = self.pesq(reference, estimate)
+        finite = torch.isfinite(disturbance.detach())
+        if not finite.any():
+            return x_hat.sum() * 0.0
+        return disturbance[finite].mean()
 
     @torch.no_grad()
     def mos(self, x_hat: Tensor, x: Tensor) -> Tensor:

@@ -252,7 +252,7 @@ def train(config: TrainConfig) -> None:
             dist.broadcast(flag, src=0)
         return bool(flag)
 
-    started = time.time()
+    started, skipped = time.time(), 0
     metrics_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     bar = tqdm(total=config.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     set_train_mode(model, frozen)
@@ -288,7 +288,12 @@ def train(config: TrainConfig) -> None:
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            # One bad batch (a loss dividing 0 by 0) must not turn every weight into NaN. The
+            # gradients are all-reduced first, so every rank skips the same steps.
+            skipped += 1
         scheduler.step()
         step += 1
         bar.update(1)
@@ -296,6 +301,7 @@ def train(config: TrainConfig) -> None:
         if rank == 0 and step % config.log_every == 0:
             record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]}
             record.update({f"{k}/loss": v.item() for k, v in losses.items()})
+            record["skipped_steps"] = skipped  # in this invocation
             record["level_restarts"] = [int(level.restarts) for level in model.quantizer.levels]  # this process
             record["time"] = round(elapsed + time.time() - started, 1)
             metrics_file.write(json.dumps(record) + "\n")
