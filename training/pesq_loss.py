@@ -27,7 +27,7 @@ def _zero_non_finite_items(grad: Tensor) -> Tensor:
     for an item whose frames it all calls silent (0 / 0) and, in float32, for a 20-frame window
     without audible error (its floored disturbances' sixth powers underflow to 0, where the sixth
     root has no finite slope). Those items then teach nothing instead of poisoning the weights;
-    float64 would avoid the underflow at 6x the time."""
+    float64 would avoid the underflow at several times the cost."""
     return grad.masked_fill(~torch.isfinite(grad).all(dim=1, keepdim=True), 0.0)
 
 
