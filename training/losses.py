@@ -200,15 +200,25 @@ def pitch_loss(log_f0: Tensor, voicing: Tensor, x: Tensor, n_fft: int, hop: int,
     return f0_term + F.binary_cross_entropy_with_logits(voicing, voiced)
 
 
-def si_sdr_loss(x_hat: Tensor, x: Tensor, min_rms: float = 10 ** (-45 / 20), floor_db: float = -30.0) -> Tensor:
-    """x_hat, x [B, 1, T] -> minus the mean SI-SDR in dB over items louder than `min_rms`.
+# Crops quieter than this (RMS, full scale 1) are left out of the losses that normalise level
+# (SI-SDR, PESQ): for near-silence they divide by almost nothing.
+LOUD_RMS = 10 ** (-45 / 20)
+
+
+def loud_items(x: Tensor) -> Tensor:
+    """x [B, T] -> [B] bool: the items louder than LOUD_RMS."""
+    return x.square().mean(dim=1).sqrt() > LOUD_RMS
+
+
+def si_sdr_loss(x_hat: Tensor, x: Tensor, floor_db: float = -30.0) -> Tensor:
+    """x_hat, x [B, 1, T] -> minus the mean SI-SDR in dB over the loud items (`loud_items`).
 
     SI-SDR = 10 log10(rho^2 / (1 - rho^2)) with rho the correlation of the zero-mean signals,
     the same number `training.metrics.si_sdr` reports. rho^2 is floored at `floor_db`: a decoder
     whose phase is synthesised sits near rho = 0, where the log's slope has no bound.
     """
     reference, estimate = x[:, 0].float(), x_hat[:, 0].float()
-    loud = reference.square().mean(dim=1).sqrt() > min_rms
+    loud = loud_items(reference)
     if not loud.any():
         return x_hat.sum() * 0.0
     reference, estimate = reference[loud], estimate[loud]

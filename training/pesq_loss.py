@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# Crops quieter than this (RMS, full scale 1) are left out: PESQ levels every signal to the
-# same loudness, which for near-silence divides by almost nothing.
-MIN_RMS = 10 ** (-45 / 20)
+from training.losses import loud_items
 
 
 def _zero_non_finite_items(grad: Tensor) -> Tensor:
@@ -44,7 +42,7 @@ class PesqLoss(nn.Module):
 
     def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
         reference, estimate = x[:, 0].float(), x_hat[:, 0].float()
-        loud = reference.square().mean(dim=1).sqrt() > MIN_RMS
+        loud = loud_items(reference)  # PESQ levels every signal to the same loudness
         if not loud.any():
             return x_hat.sum() * 0.0
         # torch-pesq scales its inputs in place on the way; give it copies.
