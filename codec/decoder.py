@@ -94,12 +94,13 @@ class ISTFTHead(nn.Module):
         phase: str = "direct",
         phase_group: int = 1,
         pitch_range: tuple[float, float] = (60 / 16000, 400 / 16000),
+        phase_align: bool = False,
     ):
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
         self.proj = nn.Conv1d(channels, n_fft + 2, 1)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.advance = self.pitch = None
+        self.advance = self.pitch = self.align = None
         if phase == "integrated":
             bins = n_fft // 2 + 1
             self.phase_group = phase_group
@@ -115,6 +116,11 @@ class ISTFTHead(nn.Module):
             self.register_buffer("nominal_advance", torch.remainder(nominal, 2 * math.pi), persistent=False)
         elif phase == "harmonic":
             self.pitch = PitchHead(channels, 3, *pitch_range)
+            if phase_align:
+                # (a, b) per frame, added to e^{i theta}; zero: the plain running phase.
+                self.align = nn.Conv1d(channels, 2, 1)
+                nn.init.zeros_(self.align.weight)
+                nn.init.zeros_(self.align.bias)
 
     def spectrum(
         self,
@@ -141,7 +147,13 @@ class ISTFTHead(nn.Module):
             # function of f0, and the gradient of h * theta through a running sum is unstable.
             f0 = log_f0.detach().double().exp()
             phase_track = _wrap((2 * math.pi * self.hop * f0).cumsum(dim=-1), origin)
-            harmonic = harmonic_phase(f0, phase_track, self.n_fft).float()
+            fundamental = phase_track
+            if self.align is not None:
+                # The offset moves the pulses to where the codes say the input's are; its gradient
+                # reaches the codes through angle(), with nothing summed over time.
+                a, b = self.align(x).double().unbind(dim=1)
+                fundamental = torch.remainder(torch.atan2(phase_track.sin() + b, phase_track.cos() + a), 2 * math.pi)
+            harmonic = harmonic_phase(f0, fundamental, self.n_fft).float()
             phase = torch.where(voicing.detach()[:, None, :] > 0, harmonic, phase)
         # The floor keeps magnitudes non-zero: the angle of a zero bin has no gradient (NaN).
         spectrum = torch.polar(torch.exp(log_magnitude.clamp(-20.0, 8.0)), phase)
@@ -206,7 +218,8 @@ class Decoder(nn.Module):
             nn.GELU(), nn.Conv1d(config.skip_channels, config.skip_channels, 1), nn.GELU()
         )
         pitch_range = (config.pitch_min_hz / sample_rate, config.pitch_max_hz / sample_rate)
-        self.head = ISTFTHead(config.skip_channels, config.n_fft, hop_length // u, config.phase, config.phase_group, pitch_range)
+        self.head = ISTFTHead(config.skip_channels, config.n_fft, hop_length // u, config.phase, config.phase_group, pitch_range,
+                              config.phase_align)
         # Each latent frame -> `upsample` frames of log-magnitudes, linearly.
         self.linear = nn.ConvTranspose1d(latent_dim, config.n_fft // 2 + 1, u, stride=u) if config.linear_skip else None
 

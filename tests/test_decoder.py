@@ -85,3 +85,51 @@ def test_warm_start_moves_a_direct_decoder_into_a_summed_phase_one(tmp_path, pha
             assert torch.equal(tensor, fresh[name]), name
         else:
             assert torch.equal(tensor, warm[name].float() if tensor.is_floating_point() else warm[name]), name
+
+
+def with_align(config: CodecConfig, align: bool) -> CodecConfig:
+    return dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, phase_align=align))
+
+
+def test_phase_align_needs_the_harmonic_head():
+    direct = dataclasses.replace(tiny_config(), decoder=dataclasses.replace(tiny_config().decoder, phase="direct"))
+    with pytest.raises(ValueError, match="phase_align"):
+        with_align(direct, True)
+    data = tiny_config().to_dict()
+    del data["decoder"]["phase_align"]
+    assert CodecConfig.from_dict(data).decoder.phase_align is False  # checkpoints from before it
+
+
+def test_warm_start_adds_the_phase_align_layer_at_zero_and_keeps_the_output(tmp_path):
+    from training.train import warm_start
+
+    torch.manual_seed(1)
+    old = build_model(tiny_config()).eval()
+    Codec(old, "vqcodec-tiny:plain").save(tmp_path / "plain.safetensors")
+    torch.manual_seed(2)
+    model = build_model(with_align(tiny_config(), True)).eval()
+    warm_start(model, str(tmp_path / "plain.safetensors"), announce=False)
+    saved = Codec.load(tmp_path / "plain.safetensors").model.float().eval()
+    assert not model.decoder.head.align.weight.any() and not model.decoder.head.align.bias.any()
+    wav = torch.randn(1, 1, 8000) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(model(wav).audio, saved(wav).audio, atol=1e-5)
+
+
+def test_the_align_offset_moves_the_pulses_and_learns_from_the_waveform():
+    """With the pitch head forced voiced, the offset shifts the fundamental's phase: a constant
+    offset (a, b) = (-1, 1) turns e^{i theta} - 1 + i, changing the output, and a waveform loss
+    sends gradient into the layer (none reaches it through the running phase itself)."""
+    torch.manual_seed(0)
+    model = build_model(with_align(tiny_config(), True)).eval()
+    head = model.decoder.head
+    with torch.no_grad():
+        head.pitch.net[-1].bias.copy_(torch.tensor([0.0, 5.0]))  # voiced, f0 mid-range
+    wav = torch.randn(1, 1, 8000) * 0.1
+    before = model(wav).audio.detach()
+    with torch.no_grad():
+        head.align.bias.copy_(torch.tensor([-1.0, 1.0]))
+    after = model(wav).audio
+    assert (after.detach() - before).abs().max() > 1e-3
+    (after * wav).sum().backward()
+    assert head.align.weight.grad.abs().sum() > 0

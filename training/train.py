@@ -56,6 +56,8 @@ class TrainConfig:
     model: str = "default"  # "default" or "tiny"
     decoder_phase: str = ""  # how the decoder head makes phase (codec.config.DecoderConfig.phase; "": the model's)
     encoder_features: str = ""  # what the encoder sees (codec.config.EncoderConfig.features; "": the model's)
+    # "true": the harmonic head's fundamental gets a learnt offset (codec.config.DecoderConfig.phase_align).
+    phase_align: str = ""  # "", "true" or "false" ("": the model's)
     # Share of items trained with a random number of levels, uniform over 1..K, instead of all K
     # (codec.config.QuantizerConfig.level_dropout; negative: the model's). 1.0 trains every
     # bitrate equally; the default 0.5 gives all levels 54% of items and 1.5 kbps 4%.
@@ -189,6 +191,9 @@ def train(config: TrainConfig) -> None:
     model_config = tiny_config() if config.model == "tiny" else CodecConfig()
     if config.decoder_phase:
         model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase=config.decoder_phase))
+    if config.phase_align:
+        align = config.phase_align.lower() in ("1", "true", "yes")
+        model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase_align=align))
     if config.encoder_features:
         model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, features=config.encoder_features))
     if config.level_dropout >= 0:
@@ -355,14 +360,18 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
     (restarted at the nominal advances) or pitch head (fresh), a quantizer that differs only in
     its training settings (QuantizerConfig.TRAINING_FIELDS) moves over whole, and an encoder fed "logmag" whose
     new config feeds it "logmag+phase" moves over whole with zero weights on the new inputs (so it
-    starts out computing the same latents); every other tensor must match."""
+    starts out computing the same latents), as does a harmonic decoder given the phase-align layer
+    (added at zero, so the output is unchanged); every other tensor must match."""
     warm = Codec.load(path).model
     state = {k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()}
-    kept, grown = [], []
+    kept, grown, added = [], [], []
     for part in PARTS:
         old, new = getattr(warm.config, part), getattr(model.config, part)
         phase_fields = ("phase", "phase_group", "pitch_min_hz", "pitch_max_hz")
-        if part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
+        if part == "decoder" and (old.phase_align, new.phase_align) == (False, True) \
+                and dataclasses.replace(old, phase_align=True) == new:
+            added.append("decoder.head.align.")  # starts at zero: the same output as before
+        elif part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
             grown += ["decoder.head.advance.", "decoder.head.pitch."]
             state = {k: v for k, v in state.items() if not k.startswith(tuple(grown))}
         elif part == "encoder" and (old.features, new.features) == ("logmag", "logmag+phase") \
@@ -376,9 +385,9 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
         elif old != new:
             state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
             kept.append(part)
-    model.load_state_dict(state, strict=not (kept or grown))
+    model.load_state_dict(state, strict=not (kept or grown or added))
     missing = set(model.state_dict()) - set(state)
-    if any(not k.startswith(tuple(p + "." for p in kept) + tuple(grown)) for k in missing):
+    if any(not k.startswith(tuple(p + "." for p in kept) + tuple(grown) + tuple(added)) for k in missing):
         raise SystemExit(f"{path} lacks weights for {sorted(missing)[:5]}")
     if grown and model.decoder.head.advance is not None:
         with torch.no_grad():
@@ -386,6 +395,8 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
                 parameter.zero_()
     if announce and kept:
         print(f"warm start from {path}: {', '.join(kept)} re-initialised (config differs)", file=sys.stderr)
+    if announce and added:
+        print(f"warm start from {path}: {', '.join(added)} added (zero: same output)", file=sys.stderr)
     if announce and grown:
         old, new = warm.config.decoder, model.config.decoder
         print(f"warm start from {path}: decoder phase {old.phase} -> {new.phase}, phase layers restarted", file=sys.stderr)
