@@ -184,3 +184,24 @@ def test_archive_extraction_keeps_only_audio_members(tmp_path):
     assert [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()] == [
         "audio/music/a.ogg"]
     assert not (tmp_path / "escape.ogg").exists()
+
+
+def test_a_package_unpacks_into_a_fresh_cache(tmp_path):
+    """dpkg -x creates only its last directory: the first package of a new cache used to fail."""
+    import shutil
+    import subprocess
+
+    from training.corpus import unpack_deb
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb not installed")
+    root = tmp_path / "src"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: tiny\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    (root / "usr/share/tiny").mkdir(parents=True)
+    (root / "usr/share/tiny/a.txt").write_text("hello")
+    deb = tmp_path / "tiny_1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", str(root), str(deb)], check=True, capture_output=True)
+    target = unpack_deb(deb, "tiny", tmp_path / "new-cache")
+    assert (target / "usr/share/tiny/a.txt").read_text() == "hello"

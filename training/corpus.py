@@ -224,6 +224,7 @@ def unpack_deb(deb: Path, package: str, cache: Path) -> Path:
     if not target.exists():
         tmp = target.with_name(package + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # dpkg -x makes the last directory only
         run_quiet(["dpkg", "-x", str(deb), str(tmp)])
         tmp.rename(target)
     return target
