@@ -109,7 +109,8 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
     monkeypatch.setattr(export, "ASSETS", assets)
     monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
     export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
-                 "--init-run", f"{tmp_path / 'first'}:last.safetensors", "--eval", str(evaluation)])
+                 "--earlier", "100:0.5:older stages", "--init-run", f"{tmp_path / 'first'}:last.safetensors",
+                 "--eval", str(evaluation)])
 
     shipped = Codec.load(assets / "codec.safetensors")
     trained = Codec.load(tmp_path / "second" / "last.safetensors")
@@ -118,7 +119,10 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
         assert torch.allclose(x.float(), y.float(), atol=1e-2, rtol=1e-2), name
     card = (assets / "MODEL_CARD.md").read_text()
     assert f"# Model card: {shipped.model_id}" in card
-    assert "trained 16 steps (10 in first, then 6 in second, each warm-started from the one before)" in card
+    assert "trained 116 steps (100 in older stages, then 10 in first, then 6 in second, each warm-started from the one before)" in card
+    with pytest.raises(SystemExit, match="STEPS:HOURS:LABEL"):
+        export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
+                     "--earlier", "many"])
     assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
     assert "| synthetic | speech | CC0 |" in card
 

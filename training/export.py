@@ -144,12 +144,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-run", action="append", default=[], metavar="RUN[:FILE]",
                         help="a run this one was warm-started from (its FILE, default last.safetensors), "
                              "oldest first; repeatable")
+    parser.add_argument("--earlier", action="append", default=[], metavar="STEPS:HOURS:LABEL",
+                        help="stages before the first --init-run whose runs are no longer on disk (counted as "
+                             "STEPS steps and HOURS hours, named LABEL; e.g. from the previous model card), oldest first")
     parser.add_argument("--eval", type=Path, help="folder with summary.csv, usage.csv, prior.csv")
     parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
     parser.add_argument("--prior-fitted-to", type=Path, metavar="CHECKPOINT",
                         help="codec checkpoint whose tokens the prior was fitted to, if not the shipped one "
                              "(decoder-only fine-tuning)")
     args = parser.parse_args(argv)
+    earlier = []  # checked before anything is written
+    for entry in args.earlier:
+        try:
+            stage_steps, stage_hours, label = entry.split(":", 2)
+            earlier.append((int(stage_steps), float(stage_hours), label))
+        except ValueError:
+            raise SystemExit(f"--earlier {entry!r}: expected STEPS:HOURS:LABEL") from None
 
     ASSETS.mkdir(parents=True, exist_ok=True)
     source = args.run / args.checkpoint
@@ -160,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     own_steps, own_hours = checkpoint_progress(args.run, args.checkpoint)
     steps, hours = own_steps, own_hours
     stages = []
+    for stage_steps, stage_hours, label in earlier:
+        stages.append(f"{stage_steps} in {label}")
+        steps, hours = steps + stage_steps, hours + stage_hours
     for entry in args.init_run:
         run, _, name = entry.partition(":")
         stage_steps, stage_hours = checkpoint_progress(Path(run), name or "last.safetensors")
