@@ -32,8 +32,12 @@ def make_tiny_codec(phase: str = "harmonic") -> Codec:
     """A seeded tiny codec whose codebooks one training pass initialised from harmonic signals."""
     torch.manual_seed(0)
     config = tiny_config()
-    model = build_model(dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, phase=phase)))
+    phase, _, align = phase.partition("+")  # "harmonic+align": with the phase-align layer
+    decoder = dataclasses.replace(config.decoder, phase=phase, phase_align=align == "align")
+    model = build_model(dataclasses.replace(config, decoder=decoder))
     head = model.decoder.head
+    if head.align is not None:
+        torch.nn.init.normal_(head.align.weight, std=0.3)
     # Summed-phase heads start at their plainest (nominal advances, unvoiced); random weights
     # make the tests see a running phase that depends on the input, as a trained one does.
     if head.advance is not None:

@@ -53,7 +53,8 @@ def test_fewer_levels_are_a_prefix(tiny_codec: Codec):
     assert torch.equal(full[:, :2], two)
 
 
-@pytest.mark.parametrize("phase, tolerance", [("direct", 1e-5), ("integrated", 1e-5), ("harmonic", 1e-3)])
+@pytest.mark.parametrize("phase, tolerance", [("direct", 1e-5), ("integrated", 1e-5), ("harmonic", 1e-3),
+                                              ("harmonic+align", 1e-3)])
 def test_windowed_equals_whole(phase, tolerance):
     model = make_tiny_codec(phase).model
     wav = torch.from_numpy(harmonic_signal(7.3, 16000, 3))[None]
