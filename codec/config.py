@@ -23,6 +23,8 @@ class EncoderConfig:
     # magnitude had to be untangled from a pseudo-random phase first. "logmag+phase": both, the
     # log-magnitudes and the compressed complex values side by side, so the codes can carry
     # phase (with "logmag" alone they cannot: the decoder has to invent every frame's phase).
+    # "logmag+f0": log-magnitudes plus the pitch tracker's voicing and log f0 per frame
+    # (codec.pitch.estimate_f0), so the codes can carry f0 more finely than 25 Hz bins show it.
     features: str = "logmag"
     n_fft: int = 640
     stft_hop: int = 160
@@ -122,7 +124,7 @@ class CodecConfig:
             raise ValueError("hop_length must be a multiple of encoder.stft_hop")
         if self.hop_length % self.decoder.upsample:
             raise ValueError("hop_length must be a multiple of decoder.upsample")
-        if self.encoder.features not in ("logmag", "compressed", "logmag+phase"):
+        if self.encoder.features not in ("logmag", "compressed", "logmag+phase", "logmag+f0"):
             raise ValueError(f"unknown encoder features {self.encoder.features!r}")
         if self.decoder.phase not in ("direct", "integrated", "harmonic"):
             raise ValueError(f"unknown decoder phase {self.decoder.phase!r}")

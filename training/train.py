@@ -374,10 +374,11 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
         elif part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
             grown += ["decoder.head.advance.", "decoder.head.pitch."]
             state = {k: v for k, v in state.items() if not k.startswith(tuple(grown))}
-        elif part == "encoder" and (old.features, new.features) == ("logmag", "logmag+phase") \
+        elif part == "encoder" and old.features == "logmag" and new.features in ("logmag+phase", "logmag+f0") \
                 and dataclasses.replace(old, features=new.features) == new:
             weight = state["encoder.input.weight"]
-            grown_weight = weight.new_zeros(weight.shape[0], 3 * weight.shape[1], weight.shape[2])
+            inputs = 3 * weight.shape[1] if new.features == "logmag+phase" else weight.shape[1] + 2
+            grown_weight = weight.new_zeros(weight.shape[0], inputs, weight.shape[2])
             grown_weight[:, : weight.shape[1]] = weight
             state["encoder.input.weight"] = grown_weight
         elif part == "quantizer" and dataclasses.replace(old, **{f: getattr(new, f) for f in old.TRAINING_FIELDS}) == new:
