@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from training.correlation import band_correlation
@@ -30,3 +31,20 @@ def test_a_tone_in_phase_shows_in_its_band_only_and_one_in_quadrature_nowhere():
     assert np.abs(np.delete(in_phase, 2)).max() < 1e-6
     quadrature = band_correlation(reference, np.cos(2 * np.pi * 300 * t))
     assert np.abs(quadrature).max() < 1e-6
+
+
+def test_pitch_errors_are_measured_on_frames_both_call_voiced():
+    from conftest import make_tiny_codec
+    from training.correlation import pitch_errors
+
+    codec = make_tiny_codec("harmonic")
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    with torch.no_grad():
+        codec.model.decoder.head.pitch.net[-1].bias.copy_(torch.tensor([0.0, 5.0]))  # always voiced
+    errors = pitch_errors(codec, tone, levels=2)
+    assert len(errors) > 50 and np.isfinite(errors).all()
+    # an untrained head predicts the middle of its log range, not 180 Hz
+    middle = np.exp((np.log(60) + np.log(400)) / 2)
+    assert np.median(errors) > 0.5 * abs(np.log(middle / 180))
+    assert len(pitch_errors(codec, np.zeros(16000, np.float32), levels=None)) == 0  # silence: nothing voiced
