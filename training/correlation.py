@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                      int(MAX_LAG_S * SAMPLE_RATE))
         aligned = [shift(y, delay, len(x)) for x, y in zip(audio, outputs)]
         sdr = np.mean([si_sdr(x, y) for x, y in zip(audio, aligned)])
-        bands = np.mean([band_correlation(x, y) for x, y in zip(audio, aligned)], axis=0)
-        print(f"{system.family} {system.setting}: SI-SDR {sdr:.2f} dB; rho by band "
+        per_file = np.array([band_correlation(x, y) for x, y in zip(audio, aligned)])
+        bands, magnitude = per_file.mean(axis=0), np.abs(per_file.sum(axis=1)).mean()
+        print(f"{system.family} {system.setting}: SI-SDR {sdr:.2f} dB; mean |rho| {magnitude:.3f}; mean rho by band "
               + " ".join(f"{b:+.3f}" for b in bands) + f" (sum {bands.sum():+.3f})")
     if codec.model.decoder.head.pitch is not None:
         for levels in [*args.pitch_levels, None]:
