@@ -127,10 +127,16 @@ class ISTFTHead(nn.Module):
         x: torch.Tensor,
         log_magnitude_offset: torch.Tensor | None = None,
         origin: tuple[torch.Tensor, int] | None = None,
+        pitch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> HeadOutput:
         """Frames [B, C, M] -> the spectrum for M frames. `log_magnitude_offset` [B, F, M] is
         added to the predicted log-magnitudes. `origin` (value, frame) sets the phase track at
-        that frame (to continue an earlier window's), shape as one frame of `phase_track`."""
+        that frame (to continue an earlier window's), shape as one frame of `phase_track`.
+        `pitch` (log f0 [B, M] in cycles per sample, mask [B, M] bool), harmonic head only: the
+        given f0 replaces the predicted one on the masked frames (f0 known from elsewhere, e.g.
+        the input's, to measure what a sent pitch would be worth)."""
+        if pitch is not None and self.pitch is None:
+            raise ValueError("a given pitch needs a harmonic head")
         log_magnitude, phase = self.proj(x).float().chunk(2, dim=1)
         if log_magnitude_offset is not None:
             log_magnitude = log_magnitude + log_magnitude_offset.float()
@@ -143,6 +149,9 @@ class ISTFTHead(nn.Module):
             phase = phase + phase_track.float()
         elif self.pitch is not None:
             log_f0, voicing = self.pitch(x)
+            if pitch is not None:
+                given, mask = pitch
+                log_f0 = torch.where(mask, given.to(log_f0.dtype), log_f0)
             # The pitch head learns from the tracker's labels alone: the phase is a hard
             # function of f0, and the gradient of h * theta through a running sum is unstable.
             f0 = log_f0.detach().double().exp()
@@ -227,8 +236,13 @@ class Decoder(nn.Module):
         """latents [B, D, N] -> the head's complex spectrum [B, n_fft // 2 + 1, N * upsample]."""
         return self.head_output(latents).spectrum
 
-    def head_output(self, latents: torch.Tensor, origin: tuple[torch.Tensor, int] | None = None) -> HeadOutput:
-        """latents [B, D, N] -> the head's output for N * upsample frames (`origin`: see
+    def head_output(
+        self,
+        latents: torch.Tensor,
+        origin: tuple[torch.Tensor, int] | None = None,
+        pitch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> HeadOutput:
+        """latents [B, D, N] -> the head's output for N * upsample frames (`origin`, `pitch`: see
         `ISTFTHead.spectrum`)."""
         cond = self.upsample(self.input(latents))
         x = cond
@@ -237,7 +251,7 @@ class Decoder(nn.Module):
             x, skip = layer(x, cond)
             skips = skips + skip
         offset = self.linear(latents) if self.linear is not None else None
-        return self.head.spectrum(self.post(skips * math.sqrt(1.0 / len(self.layers))), offset, origin)
+        return self.head.spectrum(self.post(skips * math.sqrt(1.0 / len(self.layers))), offset, origin, pitch)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, D, N] -> waveform [B, 1, N * hop_length]."""
