@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import torch
 
-from codec import bitstream
+from codec import bitstream, pitchcode
 from codec.audio import AudioSource, TensorSource, open_audio
 from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
 from codec.config import CodecConfig
@@ -36,6 +36,9 @@ class EncodedAudio:
     num_samples: int  # length of the original audio at sample_rate
     sample_rate: int  # the model's rate
     model_id: str
+    # A pitch side stream per batch item (codec.pitchcode), sent beside the codes so that a
+    # harmonic decoder head takes the input's f0; None: the head predicts its own.
+    pitch: list[pitchcode.PitchTrack] | None = None
 
     @property
     def num_levels(self) -> int:
@@ -89,9 +92,10 @@ class Codec:
             raise InvalidAudioError(str(error)) from None
 
     def encode(
-        self, wav: torch.Tensor | np.ndarray, sample_rate: int, bitrate: float | None = None
+        self, wav: torch.Tensor | np.ndarray, sample_rate: int, bitrate: float | None = None, pitch: bool = False
     ) -> EncodedAudio:
-        """Encode wav [T], [C, T] or [B, C, T] at any sample rate -> codes [B, K, N]."""
+        """Encode wav [T], [C, T] or [B, C, T] at any sample rate -> codes [B, K, N] (and with
+        `pitch`, a pitch side stream per item)."""
         wav = torch.as_tensor(wav)
         if wav.dim() == 1:
             wav = wav[None]
@@ -102,6 +106,7 @@ class Codec:
         if not 0 < sample_rate <= 768_000:
             raise InvalidAudioError(f"unsupported sample rate {sample_rate} Hz")
         levels = self.num_levels(bitrate)
+        self._check_pitch_capable(pitch)
         sources = [TensorSource(item, sample_rate, self.sample_rate) for item in wav]
         num_samples = sources[0].num_samples
         frames = self.model.num_frames(num_samples)
@@ -111,24 +116,40 @@ class Codec:
             codes = self.model.encode(batch, levels).cpu().clone()
         else:
             codes = torch.stack([encode_source(self.model, s, levels, self.window_frames) for s in sources])
-        return EncodedAudio(codes, num_samples, self.sample_rate, self.model_id)
+        tracks = [pitchcode.analyse_source(s, self.config, self.window_frames) for s in sources] if pitch else None
+        return EncodedAudio(codes, num_samples, self.sample_rate, self.model_id, tracks)
 
     def encode_file(
-        self, file: str | Path | BinaryIO | bytes, bitrate: float | None = None, progress: Progress | None = None
+        self, file: str | Path | BinaryIO | bytes, bitrate: float | None = None, progress: Progress | None = None,
+        pitch: bool = False,
     ) -> EncodedAudio:
         """Encode an audio file in bounded memory -> codes [1, K, N]."""
         source = open_audio(file, self.sample_rate)
-        return self.encode_source(source, bitrate, progress)
+        return self.encode_source(source, bitrate, progress, pitch)
 
     def encode_source(
-        self, source: AudioSource, bitrate: float | None = None, progress: Progress | None = None
+        self, source: AudioSource, bitrate: float | None = None, progress: Progress | None = None, pitch: bool = False
     ) -> EncodedAudio:
-        codes = encode_source(self.model, source, self.num_levels(bitrate), self.window_frames, progress)
-        return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id)
+        levels = self.num_levels(bitrate)
+        self._check_pitch_capable(pitch)
+        codes = encode_source(self.model, source, levels, self.window_frames, progress)
+        tracks = [pitchcode.analyse_source(source, self.config, self.window_frames)] if pitch else None
+        return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id, tracks)
+
+    def _check_pitch_capable(self, pitch: bool) -> None:
+        if pitch and self.model.decoder.head.pitch is None:
+            raise CodecError(f"model {self.model_id} has no harmonic decoder head to take a pitch stream")
+
+    def _decoder_pitch(self, encoded: EncodedAudio, item: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if encoded.pitch is None:
+            return None
+        return pitchcode.decoder_pitch(encoded.pitch[item], self.sample_rate, self.config.decoder.upsample)
 
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """Codes [B, K, N] -> waveform [B, 1, num_samples] at the model's sample rate."""
         self._check(encoded)
+        if encoded.pitch is not None:
+            return torch.stack([torch.cat(list(self.decode_iter(encoded, item)), dim=-1) for item in range(encoded.codes.shape[0])])
         if encoded.codes.shape[-1] <= self.window_frames:
             wav = self.model.decode(encoded.codes.to(self.device)).float().cpu()
             return wav[..., : encoded.num_samples].clone()
@@ -137,7 +158,8 @@ class Codec:
     def decode_iter(self, encoded: EncodedAudio, item: int = 0, progress: Progress | None = None):
         """Yield the waveform of one batch item in consecutive pieces [1, L] (bounded memory)."""
         self._check(encoded)
-        return decode_windows(self.model, encoded.codes[item], encoded.num_samples, self.window_frames, progress)
+        return decode_windows(self.model, encoded.codes[item], encoded.num_samples, self.window_frames, progress,
+                              self._decoder_pitch(encoded, item))
 
     def _check(self, encoded: EncodedAudio) -> None:
         codes = encoded.codes
@@ -156,8 +178,14 @@ class Codec:
             )
         if encoded.sample_rate != self.sample_rate:
             raise CorruptStreamError(f"codes are for {encoded.sample_rate} Hz, this model runs at {self.sample_rate} Hz")
+        if encoded.pitch is not None:
+            self._check_pitch_capable(True)
+            if len(encoded.pitch) != codes.shape[0] or any(len(t.voiced) != codes.shape[-1] for t in encoded.pitch):
+                raise CorruptStreamError("the pitch streams do not match the codes' items and frames")
 
     def header(self, encoded: EncodedAudio, coding: str = "packed") -> bitstream.StreamHeader:
+        if encoded.pitch is not None:
+            coding += "+pitch"
         return bitstream.StreamHeader(
             model_id=encoded.model_id,
             sample_rate=encoded.sample_rate,
@@ -174,10 +202,12 @@ class Codec:
         `prior` (which must model this codec's tokens)."""
         if encoded.codes.shape[0] != 1:
             raise ValueError("to_bytes writes one item; split the batch first")
+        pitch = None if encoded.pitch is None else pitchcode.encode_track(encoded.pitch[0])
         if prior is None:
-            return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy())
+            return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy(), pitch=pitch)
         self._check_prior(prior)
-        return bitstream.write_stream(self.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes))
+        return bitstream.write_stream(self.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes),
+                                      pitch=pitch)
 
     def from_bytes(self, data: bytes, prior: TokenPrior | None = None) -> EncodedAudio:
         """Parse a file written by to_bytes and check that this model can decode it; an
@@ -185,14 +215,18 @@ class Codec:
         stream = bitstream.read_stream(data)
         header = stream.header
         self.check_header(header)
-        if header.coding == "packed":
+        tracks = None
+        if stream.pitch is not None:
+            self._check_pitch_capable(True)
+            tracks = [pitchcode.decode_track(stream.pitch, header.num_frames)]
+        if header.codes_coding == "packed":
             codes = torch.from_numpy(bitstream.decode_packed(stream))[None]
         elif prior is None:
             raise CorruptStreamError(f"stream uses {header.coding!r} coding; decode it with the prior")
         else:
             self._check_prior(prior)
             codes = prior.entropy_decode(stream.payload, header.num_levels, header.num_frames)
-        return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id)
+        return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id, tracks)
 
     def _check_prior(self, prior: TokenPrior) -> None:
         if reason := prior.mismatch(self):

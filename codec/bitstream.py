@@ -7,7 +7,7 @@ shortest form.
     size    field
     4       magic b"VQAC"
     1       format version, uint8 (1)
-    1       coding, uint8: 0 "packed", 1 "entropy"
+    1       coding, uint8: 0 "packed", 1 "entropy", 2 "packed+pitch", 3 "entropy+pitch"
     1       model_id length L, uint8 (1 to 64)
     L       model_id, printable ASCII (0x20 to 0x7E)
     1..3    sample_rate, varint (1 to 1_000_000)
@@ -27,6 +27,8 @@ payload, 0.37 kbps at 1 s; longer clips add a byte per 7 bits of num_samples or 
 For coding "packed" the payload holds the codes [K, N] in frame-major order (the K levels of
 frame 0, then of frame 1, ...), each written MSB-first in `bits_per_code` bits, the last byte
 padded with zero bits. For coding "entropy" the payload is opaque bytes from the entropy coder.
+The "+pitch" codings start the payload with a pitch side stream (`codec.pitchcode`): its length
+Q as a varint, its Q bytes, then the codes as for "packed" or "entropy".
 
 The reader accepts exactly what the writer produces: anything else (a truncated file, a changed
 byte, trailing data, a varint that is not in its shortest form, a value out of range) raises
@@ -49,7 +51,7 @@ from codec.errors import CorruptStreamError, UnsupportedVersionError
 
 MAGIC = b"VQAC"
 FORMAT_VERSION = 1
-CODINGS = ("packed", "entropy")  # the index is the coding byte
+CODINGS = ("packed", "entropy", "packed+pitch", "entropy+pitch")  # the index is the coding byte
 
 # Bounds that reject absurd headers before anyone allocates memory for them.
 MAX_MODEL_ID_LENGTH = 64
@@ -83,7 +85,7 @@ class StreamHeader:
     codebook_size: int
     num_samples: int  # original length at sample_rate, to trim the decoded audio
     num_frames: int  # N, always ceil(num_samples / hop_length); not stored in the file
-    coding: str = "packed"  # "packed" (fixed-width codes) or "entropy" (opaque payload)
+    coding: str = "packed"  # "packed" (fixed-width codes) or "entropy" (opaque payload), "+pitch" with a pitch stream
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str):
@@ -113,8 +115,17 @@ class StreamHeader:
             raise ValueError(
                 f"num_frames is {self.num_frames}, expected ceil(num_samples / hop_length) = {expected_frames}"
             )
-        if self.coding == "packed" and self.packed_size > MAX_PAYLOAD_BYTES:
+        if self.codes_coding == "packed" and self.packed_size > MAX_PAYLOAD_BYTES:
             raise ValueError(f"packed payload of {self.packed_size} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
+
+    @property
+    def codes_coding(self) -> str:
+        """How the codes are stored: "packed" or "entropy"."""
+        return self.coding.split("+")[0]
+
+    @property
+    def has_pitch(self) -> bool:
+        return self.coding.endswith("+pitch")
 
     @property
     def bits_per_code(self) -> int:
@@ -142,7 +153,8 @@ class Stream:
     """A parsed stream: its header and its raw payload (packed codes or entropy-coded bytes)."""
 
     header: StreamHeader
-    payload: bytes
+    payload: bytes  # the codes' bytes (for "+pitch" codings, after the pitch stream)
+    pitch: bytes | None = None  # the pitch stream of a "+pitch" coding
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -265,15 +277,20 @@ class _Reader:
         )
 
 
-def write_stream(header: StreamHeader, codes: np.ndarray | None = None, payload: bytes | None = None) -> bytes:
+def write_stream(
+    header: StreamHeader, codes: np.ndarray | None = None, payload: bytes | None = None, pitch: bytes | None = None
+) -> bytes:
     """Serialize a stream to bytes.
 
     Args:
         header: describes the stream; `header.coding` chooses what else is needed.
         codes: for "packed" coding, integer codes [K, N] in [0, codebook_size), matching the header.
         payload: for "entropy" coding, the entropy coder's bytes, stored as they are.
+        pitch: for the "+pitch" codings (and only for them), the pitch stream's bytes.
     """
-    if header.coding == "packed":
+    if header.has_pitch != (pitch is not None):
+        raise ValueError(f"{header.coding} coding takes {'a' if header.has_pitch else 'no'} pitch stream")
+    if header.codes_coding == "packed":
         if codes is None or payload is not None:
             raise ValueError("packed coding takes codes and no payload")
         codes = np.asarray(codes)
@@ -291,7 +308,9 @@ def write_stream(header: StreamHeader, codes: np.ndarray | None = None, payload:
         if payload is None or codes is not None:
             raise ValueError(f"{header.coding} coding takes a payload and no codes")
         payload = bytes(payload)
-        if len(payload) > MAX_PAYLOAD_BYTES:
+    if pitch is not None:
+        payload = _varint(len(pitch)) + bytes(pitch) + payload
+    if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
 
     header_bytes = _encode_header(header, len(payload))
@@ -317,7 +336,7 @@ def read_stream(data: bytes) -> Stream:
     reader = _Reader(data, _PREAMBLE_SIZE)
     coding = reader.uint8("coding")
     if coding >= len(CODINGS):
-        raise CorruptStreamError(f"unknown coding {coding}: expected 0 (packed) or 1 (entropy)")
+        raise CorruptStreamError(f"unknown coding {coding}: expected 0 to {len(CODINGS) - 1} ({', '.join(CODINGS)})")
     model_id_length = reader.uint8("model_id length")
     if not 1 <= model_id_length <= MAX_MODEL_ID_LENGTH:
         raise CorruptStreamError(f"model_id length must be 1 to {MAX_MODEL_ID_LENGTH}, got {model_id_length}")
@@ -344,18 +363,24 @@ def read_stream(data: bytes) -> Stream:
         header = StreamHeader(model_id=model_id, num_frames=num_frames, coding=CODINGS[coding], **fields)
     except ValueError as error:
         raise CorruptStreamError(f"invalid header: {error}") from None
-    if header.coding == "packed" and payload_length != header.packed_size:
+    pitch = None
+    if header.has_pitch:
+        inner = _Reader(payload, 0)
+        pitch_length = inner.varint("pitch stream length", payload_length)
+        pitch = inner.take(pitch_length, "pitch stream")
+        payload = payload[inner.offset :]
+    if header.codes_coding == "packed" and len(payload) != header.packed_size:
         raise CorruptStreamError(
-            f"packed payload is {payload_length} bytes, header implies {header.packed_size} "
+            f"packed payload is {len(payload)} bytes, header implies {header.packed_size} "
             f"({header.num_levels} x {header.num_frames} codes of {header.bits_per_code} bits)"
         )
-    return Stream(header=header, payload=payload)
+    return Stream(header=header, payload=payload, pitch=pitch)
 
 
 def decode_packed(stream: Stream) -> np.ndarray:
     """Unpack the codes [K, N] (int64) of a "packed" stream; raises CorruptStreamError if invalid."""
     header = stream.header
-    if header.coding != "packed":
+    if header.codes_coding != "packed":
         raise ValueError(f"stream uses {header.coding!r} coding, not 'packed'")
     codes = unpack_codes(stream.payload, header.num_levels, header.num_frames, header.bits_per_code)
     if codes.size and codes.max() >= header.codebook_size:

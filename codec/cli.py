@@ -70,7 +70,7 @@ def cmd_encode(args) -> None:
     source = open_audio(_read_input(args.input), codec.sample_rate)
     update, close = _progress(codec.model.num_frames(source.num_samples), not args.quiet)
     try:
-        encoded = codec.encode_source(source, args.bitrate, update)
+        encoded = codec.encode_source(source, args.bitrate, update, pitch=args.pitch)
     finally:
         close()
     data = codec.to_bytes(encoded, _load_prior(args, codec) if args.entropy else None)
@@ -92,7 +92,7 @@ def _read_encoded(args, codec):
     second needs the prior)."""
     source = _read_input(args.input)
     data = source if isinstance(source, bytes) else _read_file(source)
-    entropy_coded = bitstream.read_stream(data).header.coding == "entropy"
+    entropy_coded = bitstream.read_stream(data).header.codes_coding == "entropy"
     return codec.from_bytes(data, _load_prior(args, codec) if entropy_coded else None)
 
 
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("output", help="codec file or - for stdout")
     enc.add_argument("--bitrate", type=float, default=None, help="kbps (0.5 to 6); default: the highest")
     enc.add_argument("--entropy", action="store_true", help="entropy-code the tokens with the prior")
+    enc.add_argument("--pitch", action="store_true",
+                     help="also send the input's f0 (about 0.2 kbps): the decoder's pulses stay in phase with the input")
     common(enc)
     enc.add_argument("--prior", help="prior checkpoint for --entropy; default: the bundled prior")
 

@@ -155,3 +155,24 @@ def decoder_pitch(track: PitchTrack, sample_rate: int, upsample: int) -> tuple[t
     frames = log_f0[:, None] * (1 - weight) + following[:, None] * weight  # [N, upsample]
     mask = np.repeat(track.voiced, upsample)
     return torch.from_numpy(frames.reshape(1, -1)), torch.from_numpy(mask[None])
+
+
+def analyse_source(source, config, window_frames: int = 500) -> PitchTrack:
+    """The track of a whole `codec.audio.AudioSource` at the model's rate, read in windows of
+    `window_frames` code frames (bounded memory) with enough context either side for the
+    tracker. The voicing test's loudness threshold is relative to the loudest frame of each
+    window (so inputs up to a window long get exactly `analyse` of the whole)."""
+    hop, upsample, n_fft = config.hop_length, config.decoder.upsample, config.decoder.n_fft
+    total = -(-source.num_samples // hop)
+    context = hop * -(-n_fft // hop)  # whole code frames covering the tracker's reach
+    voiced, index = [], []
+    for first in range(0, total, window_frames):
+        last = min(first + window_frames, total)
+        wav = source.read(first * hop - context, last * hop + context)[0]
+        track = analyse(wav, config.sample_rate, hop, n_fft, upsample)
+        keep = slice(context // hop, context // hop + last - first)
+        voiced.append(track.voiced[keep])
+        index.append(track.index[keep])
+    if not voiced:
+        return PitchTrack(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))
+    return PitchTrack(np.concatenate(voiced), np.concatenate(index))

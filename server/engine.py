@@ -32,6 +32,7 @@ from codec import Codec, bitstream
 from codec.api import EncodedAudio
 from codec.audio import FileSource, open_audio
 from codec.errors import InvalidAudioError
+from codec.pitchcode import PitchTrack, decoder_pitch
 from codec.windowing import decode_windows, encode_source
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable
@@ -55,6 +56,7 @@ class AudioJob:
 class DecodeJob:
     codes: torch.Tensor  # [K, N] int64, checked
     num_samples: int
+    pitch: PitchTrack | None = None  # a file's pitch side stream (codec.pitchcode); decoded alone
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,12 @@ class CodecEngine:
             raise unprocessable("stream has no frames")
         if header.num_frames > self.max_frames:
             raise too_large(f"stream holds {header.num_frames} frames; at most {self.max_frames} are accepted")
-        if header.coding == "packed":
+        if header.codes_coding == "packed":
             encoded = await run_in_threadpool(self.codec.from_bytes, data)
         else:
             prior = self.require_prior()
             encoded = await self._in_model_thread("stream not entropy-decoded", self.codec.from_bytes, data, prior)
-        return DecodeJob(encoded.codes[0], encoded.num_samples)
+        return DecodeJob(encoded.codes[0], encoded.num_samples, encoded.pitch[0] if encoded.pitch else None)
 
     def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
         """Check audio bytes from their header before decoding any samples, then read them."""
@@ -211,7 +213,7 @@ class CodecEngine:
     async def decode(self, job: DecodeJob, expected: Expected | None = None) -> torch.Tensor:
         """-> wav [1, num_samples] at the model's rate."""
         frames = job.codes.shape[-1]
-        alone = frames > self.max_batch_frames
+        alone = frames > self.max_batch_frames or job.pitch is not None
         wav = await self.decoder.submit((job.codes.shape[0], length_bucket(frames)), job, self.timeout, alone, expected)
         self.metrics.audio_seconds.labels("decode").inc(job.num_samples / self.codec.sample_rate)
         return wav
@@ -234,9 +236,11 @@ class CodecEngine:
 
     def _decode_batch(self, key: Hashable, jobs: Sequence[DecodeJob]) -> list[torch.Tensor]:
         model = self.codec.model
-        if jobs[0].codes.shape[-1] > self.max_batch_frames:
+        if jobs[0].codes.shape[-1] > self.max_batch_frames or jobs[0].pitch is not None:
             job = jobs[0]
-            return [torch.cat(list(decode_windows(model, job.codes, job.num_samples, self.codec.window_frames)), dim=-1)]
+            pitch = None if job.pitch is None else decoder_pitch(job.pitch, self.codec.sample_rate, model.config.decoder.upsample)
+            return [torch.cat(list(decode_windows(model, job.codes, job.num_samples, self.codec.window_frames,
+                                                  pitch=pitch)), dim=-1)]
         longest = max(job.codes.shape[-1] for job in jobs)
         codes = torch.stack([F.pad(job.codes, (0, longest - job.codes.shape[-1])) for job in jobs])  # [B, K, N]
         wav = model.decode(codes.to(self.codec.device)).float().cpu()  # [B, 1, N * hop]

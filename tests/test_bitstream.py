@@ -29,7 +29,7 @@ model_ids = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_s
 
 
 @st.composite
-def headers(draw, coding=st.sampled_from(["packed", "entropy"])):
+def headers(draw, coding=st.sampled_from(["packed", "entropy", "packed+pitch", "entropy+pitch"])):
     sample_rate = draw(st.integers(1, 1_000_000))
     hop_length = draw(st.integers(1, sample_rate))
     num_frames = draw(st.integers(0, 200))
@@ -54,15 +54,20 @@ def random_codes(header: StreamHeader, seed: int) -> np.ndarray:
     return rng.integers(0, header.codebook_size, (header.num_levels, header.num_frames))
 
 
+def random_pitch(header: StreamHeader, seed: int) -> bytes | None:
+    return np.random.default_rng(seed + 1).bytes(seed % 150) if header.has_pitch else None
+
+
 def encode(header: StreamHeader, seed: int) -> bytes:
-    if header.coding == "packed":
-        return write_stream(header, codes=random_codes(header, seed))
-    return write_stream(header, payload=np.random.default_rng(seed).bytes(seed % 300))
+    pitch = random_pitch(header, seed)
+    if header.codes_coding == "packed":
+        return write_stream(header, codes=random_codes(header, seed), pitch=pitch)
+    return write_stream(header, payload=np.random.default_rng(seed).bytes(seed % 300), pitch=pitch)
 
 
 def read_fully(data: bytes) -> Stream:
     stream = read_stream(data)
-    if stream.header.coding == "packed":
+    if stream.header.codes_coding == "packed":
         decode_packed(stream)
     return stream
 
@@ -86,7 +91,7 @@ def raw_fields(header: StreamHeader, payload_length: int) -> dict[str, bytes]:
     """The fields between the version byte and the CRC, in file order."""
     model_id = header.model_id.encode("ascii")
     return {
-        "coding": bytes([["packed", "entropy"].index(header.coding)]),
+        "coding": bytes([["packed", "entropy", "packed+pitch", "entropy+pitch"].index(header.coding)]),
         "model_id": bytes([len(model_id)]) + model_id,
         "sample_rate": leb128(header.sample_rate),
         "hop_length": leb128(header.hop_length),
@@ -163,7 +168,8 @@ def test_write_read_round_trip(header, seed):
     data = encode(header, seed)
     stream = read_stream(data)
     assert stream.header == header
-    if header.coding == "packed":
+    assert stream.pitch == random_pitch(header, seed)
+    if header.codes_coding == "packed":
         np.testing.assert_array_equal(decode_packed(stream), random_codes(header, seed))
     else:
         assert stream.payload == np.random.default_rng(seed).bytes(seed % 300)
@@ -173,9 +179,13 @@ def test_write_read_round_trip(header, seed):
 @given(headers(), seeds)
 def test_file_is_the_documented_layout(header, seed):
     data = encode(header, seed)
-    payload = read_stream(data).payload
+    stream = read_stream(data)
+    payload = stream.payload
+    if header.has_pitch:  # the pitch stream's length, the pitch stream, then the codes
+        payload = leb128(len(stream.pitch)) + stream.pitch + payload
     assert data == assemble(payload, header)
-    if header.coding == "packed":
+    payload = stream.payload
+    if header.codes_coding == "packed":
         assert len(payload) == -(-header.num_levels * header.num_frames * header.bits_per_code // 8)
 
 
@@ -291,13 +301,14 @@ def test_any_truncation_or_extension_is_rejected(header, seed, data):
         read_fully(original + data.draw(st.binary(min_size=1, max_size=8)))
 
 
-@pytest.mark.parametrize("coding", ["packed", "entropy"])
+@pytest.mark.parametrize("coding", ["packed", "entropy", "packed+pitch", "entropy+pitch"])
 def test_every_byte_and_every_prefix_of_a_small_file_is_checked(coding):
     header = StreamHeader("m", 8, 3, 2, 5, 7, 3, coding=coding)
-    if coding == "packed":
-        original = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]))
+    pitch = b"\x9a\x40" if header.has_pitch else None
+    if header.codes_coding == "packed":
+        original = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]), pitch=pitch)
     else:
-        original = write_stream(header, payload=b"\x01\x02\x03")
+        original = write_stream(header, payload=b"\x01\x02\x03", pitch=pitch)
     for index in range(len(original)):
         for flip in (0x01, 0x80, 0xFF):
             corrupted = bytearray(original)
@@ -383,7 +394,7 @@ def test_varints_not_in_shortest_form_are_rejected(field):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"coding": b"\x02"}, "unknown coding 2"),
+        ({"coding": b"\x04"}, "unknown coding 4"),
         ({"model_id": b"\x00"}, "model_id length must be 1 to 64, got 0"),
         ({"model_id": b"\x41" + b"m" * 65}, "model_id length must be 1 to 64, got 65"),
         ({"model_id": b"\x02m\x00"}, "printable ASCII"),
@@ -422,3 +433,18 @@ def test_code_beyond_codebook_is_rejected():
     stream = read_stream(assemble(pack_codes(np.array([[1023]]), 10), header))
     with pytest.raises(CorruptStreamError, match="code 1023 is out of range"):
         decode_packed(stream)
+
+
+def test_a_pitch_stream_goes_with_the_pitch_codings_only():
+    packed, with_pitch = StreamHeader("m", 8, 3, 2, 5, 7, 3), StreamHeader("m", 8, 3, 2, 5, 7, 3, coding="packed+pitch")
+    codes = np.array([[0, 4, 2], [1, 3, 4]])
+    with pytest.raises(ValueError, match="no pitch"):
+        write_stream(packed, codes=codes, pitch=b"\x01")
+    with pytest.raises(ValueError, match="a pitch"):
+        write_stream(with_pitch, codes=codes)
+    data = write_stream(with_pitch, codes=codes, pitch=b"\x01\x02")
+    assert len(data) == len(write_stream(packed, codes=codes)) + 3  # length byte and 2 bytes
+    stream = read_stream(data)
+    assert stream.pitch == b"\x01\x02" and stream.header.has_pitch
+    np.testing.assert_array_equal(decode_packed(stream), codes)
+    assert read_stream(write_stream(packed, codes=codes)).pitch is None

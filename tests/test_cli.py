@@ -127,3 +127,18 @@ def test_missing_file_and_bad_options(checkpoint, tmp_path):
     assert result.returncode == 1 and b"bitrate" in result.stderr
     result = run("encode", str(SPEECH), str(tmp_path / "x"), "--checkpoint", str(tmp_path / "none.safetensors"))
     assert result.returncode == 1 and b"checkpoint" in result.stderr
+
+
+def test_pitch_side_stream_round_trip(checkpoint, tmp_path):
+    plain, pitched, decoded = tmp_path / "a.vqac", tmp_path / "p.vqac", tmp_path / "p.wav"
+    for path, extra in ((plain, ()), (pitched, ("--pitch",))):
+        result = run("encode", str(SPEECH), str(path), "--bitrate", "0.9", "--checkpoint", str(checkpoint), *extra)
+        assert result.returncode == 0, result.stderr
+    stream = bitstream.read_stream(pitched.read_bytes())
+    assert stream.header.coding == "packed+pitch" and stream.pitch
+    assert stream.payload == bitstream.read_stream(plain.read_bytes()).payload  # the same codes
+    result = run("decode", str(pitched), str(decoded), "--checkpoint", str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert sf.info(decoded).frames == sf.info(SPEECH).frames
+    result = run("info", str(pitched))
+    assert result.returncode == 0 and b"packed+pitch" in result.stdout

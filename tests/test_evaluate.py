@@ -16,7 +16,7 @@ from conftest import harmonic_signal
 from training import evaluate
 from training.data import read_manifest
 from training.baselines import ogg_packets, opus_audio_packets, opus_bandwidths
-from training.metrics import align, find_lag, si_sdr, system_delay
+from training.metrics import align, find_lag, score, si_sdr, system_delay
 
 
 def test_si_sdr_of_identical_signals_is_large_and_scale_invariant():
@@ -240,3 +240,26 @@ def test_a_known_delay_is_removed_as_is_and_others_are_measured(tmp_path):
     delays = evaluate.calibrate_delays([declared, measured], files, 0.01)
     assert delays == {"test late": 0, "test measured": 40}
     assert OurCodec.delay == 0
+
+
+def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(tiny_checkpoint, tiny_prior_checkpoint, tmp_path):
+    from codec.prior_api import TokenPrior
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
+    out = tmp_path / "eval"
+    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
+                   "--entropy-bitrates", "1.5", "--pitch-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint),
+                   "--examples", "0", "--out", str(out)])
+    with (out / "per_file.csv").open() as handle:
+        rows = {r["setting"]: r for r in csv.DictReader(handle)}
+    coded, pitched = rows["1.5 kbps + prior"], rows["1.5 kbps + prior + pitch"]
+    codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
+    audio, rate = load_16k(clips / "a.wav")
+    encoded = codec.encode(audio, rate, bitrate=1.5, pitch=True)
+    data = codec.to_bytes(encoded, prior)
+    assert int(pitched["bytes"]) == len(data) > int(coded["bytes"])
+    decoded = codec.decode(codec.from_bytes(data, prior))[0, 0].numpy()
+    expected = score(audio[0].numpy(), decoded)
+    assert float(pitched["mel_distance"]) == pytest.approx(expected.mel_distance, abs=1e-3)

@@ -76,3 +76,61 @@ def test_decoder_pitch_interpolates_within_voiced_runs_and_masks_the_rest():
     expected = [base + 10 * STEP, base + 15 * STEP, base + 20 * STEP, base + 20 * STEP]
     assert np.allclose(log_f0[0, :4].numpy(), expected)
     assert np.allclose(log_f0[0, 6:].numpy(), base + 30 * STEP)
+
+
+def voiced_tiny_codec():
+    from conftest import make_tiny_codec
+
+    codec = make_tiny_codec("harmonic")
+    with torch.no_grad():
+        codec.model.decoder.head.pitch.net[-1].bias.copy_(torch.tensor([0.0, 5.0]))  # voiced everywhere
+    return codec
+
+
+def vowel(seconds: float, hz: float = 180.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * 16000)) / 16000
+    return (0.3 * torch.sin(2 * torch.pi * hz * t) + 0.1 * torch.sin(2 * torch.pi * 2 * hz * t))[None]
+
+
+def test_the_api_sends_the_pitch_through_the_file_and_the_decoder_uses_it():
+    codec = voiced_tiny_codec()
+    wav = vowel(1.3)
+    plain = codec.encode(wav, 16000)
+    sent = codec.encode(wav, 16000, pitch=True)
+    assert torch.equal(plain.codes, sent.codes) and sent.pitch is not None and sent.pitch[0].voiced[3:-3].all()
+    data = codec.to_bytes(sent)
+    assert len(data) == len(codec.to_bytes(plain)) + 1 + len(encode_track(sent.pitch[0]))
+    back = codec.from_bytes(data)
+    assert np.array_equal(back.pitch[0].index, sent.pitch[0].index)
+    with_pitch, without = codec.decode(back)[0], codec.decode(plain)[0]
+    assert with_pitch.shape == without.shape == (1, wav.shape[-1])
+    assert (with_pitch - without).abs().max() > 1e-3
+    assert torch.allclose(torch.cat(list(codec.decode_iter(back)), dim=-1), with_pitch)
+
+
+def test_windowed_pitch_analysis_and_decoding_equal_whole_signal():
+    codec = voiced_tiny_codec()
+    wav = vowel(3.1)
+    whole = codec.encode(wav, 16000, pitch=True)
+    codec.window_frames = 37
+    windowed = codec.encode(wav, 16000, pitch=True)
+    assert np.array_equal(whole.pitch[0].voiced, windowed.pitch[0].voiced)
+    assert np.array_equal(whole.pitch[0].index, windowed.pitch[0].index)
+    small_windows = codec.decode(windowed)
+    codec.window_frames = 500
+    assert (small_windows - codec.decode(whole)).abs().max() < 1e-3
+
+
+def test_pitch_needs_a_harmonic_head_and_matching_frames():
+    from conftest import make_tiny_codec
+
+    from codec.errors import CodecError
+
+    direct = make_tiny_codec("direct")
+    with pytest.raises(CodecError, match="harmonic"):
+        direct.encode(vowel(0.5), 16000, pitch=True)
+    codec = voiced_tiny_codec()
+    encoded = codec.encode(vowel(0.5), 16000, pitch=True)
+    encoded.pitch = [PitchTrack(np.zeros(3, dtype=bool), np.zeros(3, dtype=np.int64))]
+    with pytest.raises(CorruptStreamError, match="pitch"):
+        codec.decode(encoded)

@@ -430,3 +430,21 @@ def test_sigterm_finishes_the_request_in_flight(tiny_checkpoint, tmp_path):
     # uvicorn re-raises the SIGTERM it caught once it has shut down cleanly, so the exit status
     # says "terminated by SIGTERM" (143 in a shell, what `docker stop` expects), not a crash.
     assert server.process.returncode in (0, -signal.SIGTERM)
+
+
+def test_a_file_with_a_pitch_stream_decodes_with_its_pitch(api):
+    codec = api.app.state.engine.codec
+    data = audio_bytes(0.8, seed=4)
+    encoded = codec.encode_file(data, bitrate=0.6, pitch=True)
+    pitched = codec.to_bytes(encoded)
+    response = api.post("/decode", content=pitched, headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 200
+    audio, _ = sf.read(io.BytesIO(response.content), dtype="float32")
+    expected = codec.decode(codec.from_bytes(pitched))[0, 0].numpy()
+    assert np.abs(audio - expected).max() <= 1.5 / 32768  # the library's audio, in 16 bits
+    encoded.pitch = None
+    without = codec.decode(encoded)[0, 0].numpy()
+    assert np.abs(audio - without).max() > 1e-3  # and the pitch made a difference
+    corrupt = bytearray(pitched)
+    corrupt[-1] ^= 0xFF
+    assert_error(api.post("/decode", content=bytes(corrupt), headers={"content-type": "application/octet-stream"}), 400)

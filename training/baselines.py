@@ -86,19 +86,24 @@ class OurEntropyCodedCodec(OurCodec):
 
     family = "ours, entropy-coded"
 
-    def __init__(self, codec: Codec, kbps: float, prior: TokenPrior):
+    def __init__(self, codec: Codec, kbps: float, prior: TokenPrior, pitch: bool = False):
         super().__init__(codec, kbps)
         self.prior = prior
-        self.setting = f"{kbps:g} kbps + prior"
+        self.pitch = pitch
+        self.setting = f"{kbps:g} kbps + prior" + (" + pitch" if pitch else "")
 
     def run(self, audio: np.ndarray) -> SystemOutput:
-        encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps)
+        """With `pitch`, the file also carries the pitch side stream (`codec encode --entropy
+        --pitch`), and the audio is decoded from the file's own bytes, pitch stream included."""
+        encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps, pitch=self.pitch)
         data = self.codec.to_bytes(encoded, self.prior)
-        payload = bitstream.read_stream(data).payload
-        if not torch.equal(self.codec.from_bytes(data, self.prior).codes, encoded.codes):
+        stream = bitstream.read_stream(data)
+        payload_bytes = len(stream.payload) + (len(stream.pitch) if stream.pitch is not None else 0)
+        back = self.codec.from_bytes(data, self.prior)
+        if not torch.equal(back.codes, encoded.codes):
             raise RuntimeError("entropy decoding did not give back the encoded codes")
-        decoded = self.codec.decode(encoded)[0, 0].numpy()
-        return SystemOutput(decoded, len(data), len(payload) * 8 * SAMPLE_RATE / len(audio))
+        decoded = self.codec.decode(back)[0, 0].numpy()
+        return SystemOutput(decoded, len(data), payload_bytes * 8 * SAMPLE_RATE / len(audio))
 
 
 def _run(command: list[str]) -> None:
@@ -199,7 +204,7 @@ def missing_tools() -> dict[str, list[str]]:
 
 def build_systems(
     codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print,
-    entropy_bitrates: list[float] = (), prior: TokenPrior | None = None,
+    entropy_bitrates: list[float] = (), prior: TokenPrior | None = None, pitch_bitrates: list[float] = (),
 ) -> list[System]:
     """Our codec at each bitrate (one per distinct number of levels), entropy-coded with `prior`
     at each of `entropy_bitrates`, then the baselines found."""
@@ -215,6 +220,8 @@ def build_systems(
             systems.append(system)
         for kbps in entropy_bitrates if prior is not None else ():
             systems.append(OurEntropyCodedCodec(codec, kbps, prior))
+        for kbps in pitch_bitrates if prior is not None else ():
+            systems.append(OurEntropyCodedCodec(codec, kbps, prior, pitch=True))
     if not baselines:
         return systems
     missing = missing_tools()

@@ -158,13 +158,15 @@ _worker_systems: list[System] = []
 
 
 def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool, use_codec: bool,
-                 threads: int, entropy_bitrates: list[float] = (), prior_checkpoint: str | None = None) -> None:
+                 threads: int, entropy_bitrates: list[float] = (), prior_checkpoint: str | None = None,
+                 pitch_bitrates: list[float] = ()) -> None:
     global _worker_systems
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint) if use_codec else None
-    prior = load_prior(prior_checkpoint, codec) if entropy_bitrates and codec is not None else None
+    needs_prior = (entropy_bitrates or pitch_bitrates) and codec is not None
+    prior = load_prior(prior_checkpoint, codec) if needs_prior else None
     _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None,
-                                    entropy_bitrates=entropy_bitrates, prior=prior)
+                                    entropy_bitrates=entropy_bitrates, prior=prior, pitch_bitrates=pitch_bitrates)
 
 
 def load_prior(path: str | None, codec: Codec) -> TokenPrior:
@@ -295,9 +297,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     max_lag_s = args.max_lag_ms / 1000
     codec = None if args.no_codec else Codec.load(args.checkpoint)
-    prior = load_prior(args.prior, codec) if args.entropy_bitrates and codec is not None else None
+    needs_prior = (args.entropy_bitrates or args.pitch_bitrates) and codec is not None
+    prior = load_prior(args.prior, codec) if needs_prior else None
     systems = build_systems(codec, args.bitrates, not args.no_baselines,
-                            entropy_bitrates=args.entropy_bitrates, prior=prior)
+                            entropy_bitrates=args.entropy_bitrates, prior=prior, pitch_bitrates=args.pitch_bitrates)
     if not systems:
         raise SystemExit("nothing to evaluate: no codec and no baselines")
     files = list_files(args)
@@ -314,7 +317,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         pool = ProcessPoolExecutor(
             args.jobs, multiprocessing.get_context("spawn"), _init_worker,
             (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads,
-             args.entropy_bitrates, args.prior),
+             args.entropy_bitrates, args.prior, args.pitch_bitrates),
         )
         futures = [pool.submit(_evaluate_in_worker, f, delays) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
@@ -365,6 +368,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entropy-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also our codec at these kbps with its tokens entropy-coded by the prior "
                              "(charged the bytes of `codec encode --entropy`'s file)")
+    parser.add_argument("--pitch-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also our codec at these kbps entropy-coded with the pitch side stream "
+                             "(charged the bytes of `codec encode --entropy --pitch`'s file)")
     parser.add_argument("--prior", help="prior checkpoint for --entropy-bitrates; default: the bundled prior")
     parser.add_argument("--no-baselines", action="store_true", help="skip Opus and Codec2")
     parser.add_argument("--no-codec", action="store_true", help="baselines only")
