@@ -30,9 +30,9 @@ from starlette.concurrency import run_in_threadpool
 
 from codec import Codec, bitstream
 from codec.api import EncodedAudio
-from codec.audio import FileSource, open_audio
-from codec.errors import InvalidAudioError
-from codec.pitchcode import PitchTrack, decoder_pitch
+from codec.audio import FileSource, TensorSource, open_audio
+from codec.errors import CodecError, InvalidAudioError
+from codec.pitchcode import PitchTrack, analyse_source, decoder_pitch
 from codec.windowing import decode_windows, encode_source
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable
@@ -170,6 +170,24 @@ class CodecEngine:
         with source.file:
             pieces = [source.read(i, min(i + step, source.num_samples)) for i in range(0, source.num_samples, step)]
         return AudioJob(levels, source.num_samples, torch.cat(pieces, dim=-1), None)
+
+    async def pitch_track(self, job: AudioJob, data: bytes) -> PitchTrack:
+        """The pitch side stream of an encoded job (`codec.pitchcode`), read from its samples in
+        memory or, for a long input, from the audio bytes again window by window."""
+        try:
+            self.codec._check_pitch_capable(True)
+        except CodecError as error:
+            raise unprocessable(str(error)) from None
+        if job.wav is not None:
+            source = TensorSource(job.wav, self.codec.sample_rate, self.codec.sample_rate)
+            return await run_in_threadpool(analyse_source, source, self.codec.config, self.codec.window_frames)
+        source = open_audio(data, self.codec.sample_rate)
+
+        def analyse() -> PitchTrack:
+            with source.file:
+                return analyse_source(source, self.codec.config, self.codec.window_frames)
+
+        return await run_in_threadpool(analyse)
 
     def levels(self, bitrate: float | None) -> int:
         try:

@@ -448,3 +448,16 @@ def test_a_file_with_a_pitch_stream_decodes_with_its_pitch(api):
     corrupt = bytearray(pitched)
     corrupt[-1] ^= 0xFF
     assert_error(api.post("/decode", content=bytes(corrupt), headers={"content-type": "application/octet-stream"}), 400)
+
+
+def test_encode_writes_the_pitch_stream_on_request(api):
+    codec = api.app.state.engine.codec
+    data = audio_bytes(0.8, seed=5)
+    binary = {"content-type": "audio/wav", "accept": "application/octet-stream"}
+    response = api.post("/encode?bitrate=0.6&pitch=true", content=data, headers=binary)
+    assert response.status_code == 200
+    assert response.content == codec.to_bytes(codec.encode_file(data, bitrate=0.6, pitch=True))
+    assert codec.from_bytes(response.content).pitch is not None
+    entropy = api.post("/encode?bitrate=0.6&pitch=true&entropy=true", content=data, headers=binary)
+    assert entropy.status_code == 200 and entropy.content[5] == 3  # coding byte: entropy+pitch
+    assert_error(api.post("/encode?pitch=true", content=data, headers={"content-type": "audio/wav"}), 422, "pitch")

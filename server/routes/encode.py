@@ -53,9 +53,14 @@ async def encode(
                                            examples=[3.0])] = None,
     entropy: Annotated[bool, Query(description="entropy-code the binary file with the token prior (about a "
                                                "quarter smaller; needs Accept: application/octet-stream)")] = False,
+    pitch: Annotated[bool, Query(description="also send the input's f0 in the binary file (about 0.2 kbps; the "
+                                             "decoder's pulses stay in phase with the input; needs Accept: "
+                                             "application/octet-stream)")] = False,
 ):
     if entropy and not accepts(request, STREAM_TYPE):
         raise unprocessable("entropy=true gives the binary file: send Accept: application/octet-stream")
+    if pitch and not accepts(request, STREAM_TYPE):
+        raise unprocessable("pitch=true gives the binary file: send Accept: application/octet-stream")
     with engine.encoder.expecting() as expected:  # batches forming now wait for this one
         data = await _read_audio(request)
 
@@ -66,7 +71,8 @@ async def encode(
         job, codes = await unless_disconnected(request, read_and_encode())
     codec = engine.codec
     if accepts(request, STREAM_TYPE):
-        encoded = EncodedAudio(codes[None], job.num_samples, codec.sample_rate, codec.model_id)
+        tracks = [await engine.pitch_track(job, data)] if pitch else None
+        encoded = EncodedAudio(codes[None], job.num_samples, codec.sample_rate, codec.model_id, tracks)
         return Response(await engine.to_bytes(encoded, entropy), media_type=STREAM_TYPE)
     return tokens_response(engine.codec, codes, job.num_samples)
 
