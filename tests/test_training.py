@@ -260,3 +260,29 @@ def test_a_step_with_non_finite_gradients_is_skipped_not_applied(tiny_corpus, tm
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2]
     weights = Codec.load(tmp_path / "last.safetensors").model.state_dict()
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_refresh_eval_replaces_only_the_cards_evaluation_tables(tmp_path, monkeypatch):
+    from training import export
+
+    card = "\n".join(["# Model card: m", "", "- trained 5 steps", "",
+                      "## Evaluation (held-out speech, `python -m training.evaluate`)", "",
+                      "| family | pesq_wb |", "|---|---|", "| ours | 1.0 |", "",
+                      "## Codebook usage on the evaluation files", "", "| level | used |", "|---|---|", "| 1 | 0.5 |", "",
+                      "## Token prior", "", "| setting | bits |", "|---|---|", "| 1.5 | 6.1 |", ""])
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "MODEL_CARD.md").write_text(card)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "summary.csv").write_text("family,pesq_wb\nours,2.0\nopus,1.5\n")
+    (folder / "usage.csv").write_text("level,used\n1,0.9\n")
+    monkeypatch.setattr(export, "ASSETS", assets)
+    export.main(["--refresh-eval", str(folder)])
+    new = (assets / "MODEL_CARD.md").read_text()
+    assert "| ours | 2.0 |\n| opus | 1.5 |" in new and "| ours | 1.0 |" not in new
+    assert "| 1 | 0.9 |" in new and "| 1 | 0.5 |" not in new
+    assert "| 1.5 | 6.1 |" in new and "- trained 5 steps" in new  # the rest as it was
+    (folder / "usage.csv").unlink()
+    with pytest.raises(SystemExit, match="usage.csv"):
+        export.main(["--refresh-eval", str(folder)])

@@ -136,11 +136,30 @@ def retarget_prior(prior: TokenPrior, fitted_to_path: Path, shipped: Codec) -> T
     return TokenPrior(model, prior.model_id)
 
 
+EVAL_SECTIONS = {"## Evaluation (held-out speech, `python -m training.evaluate`)": "summary.csv",
+                 "## Codebook usage on the evaluation files": "usage.csv"}
+
+
+def refresh_card_evaluation(card: str, folder: Path) -> str:
+    """`card` (a model card written by main) with its evaluation and codebook-usage tables
+    replaced by those in `folder` (a new training.evaluate run of the same shipped model)."""
+    lines = card.split("\n")
+    for title, name in EVAL_SECTIONS.items():
+        if title not in lines or not (folder / name).exists():
+            raise SystemExit(f"cannot refresh {title!r}: not in the card, or no {folder / name}")
+        start = lines.index(title) + 2  # the title, a blank line, then the table
+        end = start
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines[start:end] = eval_table(folder / name)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path)
     parser.add_argument("--checkpoint", default="best.safetensors", help="file in the run to ship")
-    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path)
     parser.add_argument("--init-run", action="append", default=[], metavar="RUN[:FILE]",
                         help="a run this one was warm-started from (its FILE, default last.safetensors), "
                              "oldest first; repeatable")
@@ -152,7 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior-fitted-to", type=Path, metavar="CHECKPOINT",
                         help="codec checkpoint whose tokens the prior was fitted to, if not the shipped one "
                              "(decoder-only fine-tuning)")
+    parser.add_argument("--refresh-eval", type=Path, metavar="FOLDER",
+                        help="only replace the bundled card's evaluation and usage tables with FOLDER's "
+                             "(a new evaluation of the same shipped model); --run and --manifest are then unused")
     args = parser.parse_args(argv)
+    if args.refresh_eval:
+        card = ASSETS / "MODEL_CARD.md"
+        card.write_text(refresh_card_evaluation(card.read_text(), args.refresh_eval))
+        print(f"refreshed the evaluation tables of {card} from {args.refresh_eval}")
+        return
     earlier = []  # checked before anything is written
     for entry in args.earlier:
         try:
@@ -161,11 +188,12 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError:
             raise SystemExit(f"--earlier {entry!r}: expected STEPS:HOURS:LABEL") from None
 
+    if args.run is None or args.manifest is None:
+        parser.error("--run and --manifest are required (unless --refresh-eval)")
     ASSETS.mkdir(parents=True, exist_ok=True)
     source = args.run / args.checkpoint
     Codec.load(source).save(BUNDLED_CHECKPOINT, half=True)
     codec = Codec.load(BUNDLED_CHECKPOINT)
-    info = run_info(args.run)
     val = best_validation(args.run) if args.checkpoint == "best.safetensors" else last_validation(args.run)
     own_steps, own_hours = checkpoint_progress(args.run, args.checkpoint)
     steps, hours = own_steps, own_hours
