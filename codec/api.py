@@ -106,7 +106,7 @@ class Codec:
         if not 0 < sample_rate <= 768_000:
             raise InvalidAudioError(f"unsupported sample rate {sample_rate} Hz")
         levels = self.num_levels(bitrate)
-        self._check_pitch_capable(pitch)
+        self.check_pitch_capable(pitch)
         sources = [TensorSource(item, sample_rate, self.sample_rate) for item in wav]
         num_samples = sources[0].num_samples
         frames = self.model.num_frames(num_samples)
@@ -131,12 +131,13 @@ class Codec:
         self, source: AudioSource, bitrate: float | None = None, progress: Progress | None = None, pitch: bool = False
     ) -> EncodedAudio:
         levels = self.num_levels(bitrate)
-        self._check_pitch_capable(pitch)
+        self.check_pitch_capable(pitch)
         codes = encode_source(self.model, source, levels, self.window_frames, progress)
         tracks = [pitchcode.analyse_source(source, self.config, self.window_frames)] if pitch else None
         return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id, tracks)
 
-    def _check_pitch_capable(self, pitch: bool) -> None:
+    def check_pitch_capable(self, pitch: bool) -> None:
+        """CodecError if `pitch` is asked of a model whose decoder cannot take a pitch stream."""
         if pitch and self.model.decoder.head.pitch is None:
             raise CodecError(f"model {self.model_id} has no harmonic decoder head to take a pitch stream")
 
@@ -148,6 +149,8 @@ class Codec:
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """Codes [B, K, N] -> waveform [B, 1, num_samples] at the model's sample rate."""
         self._check(encoded)
+        if encoded.codes.shape[-1] == 0:
+            return torch.zeros(encoded.codes.shape[0], 1, 0)
         if encoded.pitch is not None:
             return torch.stack([torch.cat(list(self.decode_iter(encoded, item)), dim=-1) for item in range(encoded.codes.shape[0])])
         if encoded.codes.shape[-1] <= self.window_frames:
@@ -179,7 +182,7 @@ class Codec:
         if encoded.sample_rate != self.sample_rate:
             raise CorruptStreamError(f"codes are for {encoded.sample_rate} Hz, this model runs at {self.sample_rate} Hz")
         if encoded.pitch is not None:
-            self._check_pitch_capable(True)
+            self.check_pitch_capable(True)
             if len(encoded.pitch) != codes.shape[0] or any(len(t.voiced) != codes.shape[-1] for t in encoded.pitch):
                 raise CorruptStreamError("the pitch streams do not match the codes' items and frames")
 
@@ -202,6 +205,7 @@ class Codec:
         `prior` (which must model this codec's tokens)."""
         if encoded.codes.shape[0] != 1:
             raise ValueError("to_bytes writes one item; split the batch first")
+        self._check(encoded)
         pitch = None if encoded.pitch is None else pitchcode.encode_track(encoded.pitch[0])
         if prior is None:
             return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy(), pitch=pitch)
@@ -217,7 +221,7 @@ class Codec:
         self.check_header(header)
         tracks = None
         if stream.pitch is not None:
-            self._check_pitch_capable(True)
+            self.check_pitch_capable(True)
             tracks = [pitchcode.decode_track(stream.pitch, header.num_frames)]
         if header.codes_coding == "packed":
             codes = torch.from_numpy(bitstream.decode_packed(stream))[None]

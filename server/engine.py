@@ -171,13 +171,17 @@ class CodecEngine:
             pieces = [source.read(i, min(i + step, source.num_samples)) for i in range(0, source.num_samples, step)]
         return AudioJob(levels, source.num_samples, torch.cat(pieces, dim=-1), None)
 
+    def check_pitch_capable(self) -> None:
+        """A 422 if the model cannot take a pitch stream."""
+        try:
+            self.codec.check_pitch_capable(True)
+        except CodecError as error:
+            raise unprocessable(str(error)) from None
+
     async def pitch_track(self, job: AudioJob, data: bytes) -> PitchTrack:
         """The pitch side stream of an encoded job (`codec.pitchcode`), read from its samples in
         memory or, for a long input, from the audio bytes again window by window."""
-        try:
-            self.codec._check_pitch_capable(True)
-        except CodecError as error:
-            raise unprocessable(str(error)) from None
+        self.check_pitch_capable()
         if job.wav is not None:
             source = TensorSource(job.wav, self.codec.sample_rate, self.codec.sample_rate)
             return await run_in_threadpool(analyse_source, source, self.codec.config, self.codec.window_frames)

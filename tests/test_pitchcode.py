@@ -134,3 +134,19 @@ def test_pitch_needs_a_harmonic_head_and_matching_frames():
     encoded.pitch = [PitchTrack(np.zeros(3, dtype=bool), np.zeros(3, dtype=np.int64))]
     with pytest.raises(CorruptStreamError, match="pitch"):
         codec.decode(encoded)
+
+
+def test_empty_streams_decode_to_empty_audio_and_mismatched_tracks_are_not_written():
+    from codec import bitstream
+
+    codec = voiced_tiny_codec()
+    for coding, pitch in (("packed", None), ("packed+pitch", b"")):  # a stream of 0 samples, as a file may hold
+        header = bitstream.StreamHeader(codec.model_id, 16000, codec.config.hop_length, 2,
+                                        codec.config.quantizer.codebook_size, 0, 0, coding=coding)
+        data = bitstream.write_stream(header, codes=np.zeros((2, 0), dtype=np.int64), pitch=pitch)
+        assert codec.decode(codec.from_bytes(data)).shape == (1, 1, 0)
+    encoded = codec.encode(vowel(0.5), 16000, pitch=True)
+    encoded.codes = encoded.codes[..., :-1]  # trimmed codes, the track left as it was
+    encoded.num_samples -= 320
+    with pytest.raises(CorruptStreamError, match="pitch"):
+        codec.to_bytes(encoded)
