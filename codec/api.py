@@ -151,9 +151,8 @@ class Codec:
         self._check(encoded)
         if encoded.codes.shape[-1] == 0:
             return torch.zeros(encoded.codes.shape[0], 1, 0)
-        if encoded.pitch is not None:
-            return torch.stack([torch.cat(list(self.decode_iter(encoded, item)), dim=-1) for item in range(encoded.codes.shape[0])])
-        if encoded.codes.shape[-1] <= self.window_frames:
+        # A sent pitch goes through the windowed path, which takes it; the one-shot path does not.
+        if encoded.pitch is None and encoded.codes.shape[-1] <= self.window_frames:
             wav = self.model.decode(encoded.codes.to(self.device)).float().cpu()
             return wav[..., : encoded.num_samples].clone()
         return torch.stack([torch.cat(list(self.decode_iter(encoded, item)), dim=-1) for item in range(encoded.codes.shape[0])])

@@ -156,6 +156,13 @@ class Stream:
     payload: bytes  # the codes' bytes (for "+pitch" codings, after the pitch stream)
     pitch: bytes | None = None  # the pitch stream of a "+pitch" coding
 
+    @property
+    def payload_size(self) -> int:
+        """Bytes after the CRC: the codes, and the pitch stream with its length field if any."""
+        if self.pitch is None:
+            return len(self.payload)
+        return len(_varint(len(self.pitch))) + len(self.pitch) + len(self.payload)
+
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
@@ -311,7 +318,7 @@ def write_stream(
     if pitch is not None:
         payload = _varint(len(pitch)) + bytes(pitch) + payload
     if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
 
     header_bytes = _encode_header(header, len(payload))
     crc = zlib.crc32(payload, zlib.crc32(header_bytes))

@@ -12,10 +12,11 @@ from torch import nn
 
 from codec.config import EncoderConfig
 from codec.pitch import estimate_f0
+from codec.pitchcode import HIGH_HZ, LOW_HZ
 
-# "logmag+f0": the pitch tracker's search range (cycles per sample at 16 kHz) and the scaling of
-# its log f0 into about [-2, 2].
-F0_RANGE = (60 / 16000, 400 / 16000)
+# "logmag+f0": the pitch tracker's search range (cycles per sample at 16 kHz), as the pitch side
+# stream's, and the scaling of its log f0 into about [-2, 2].
+F0_RANGE = (LOW_HZ / 16000, HIGH_HZ / 16000)
 LOG_F0_CENTRE, LOG_F0_SCALE = float(torch.log(torch.tensor(150 / 16000))), 0.5
 
 

@@ -97,10 +97,7 @@ class OurEntropyCodedCodec(OurCodec):
         --pitch`), and the audio is decoded from the file's own bytes, pitch stream included."""
         encoded = self.codec.encode(torch.from_numpy(audio)[None], SAMPLE_RATE, bitrate=self.kbps, pitch=self.pitch)
         data = self.codec.to_bytes(encoded, self.prior)
-        stream = bitstream.read_stream(data)
-        payload_bytes = len(stream.payload)
-        if stream.pitch is not None:  # the pitch stream and its length field
-            payload_bytes += len(stream.pitch) + len(bitstream._varint(len(stream.pitch)))
+        payload_bytes = bitstream.read_stream(data).payload_size
         back = self.codec.from_bytes(data, self.prior)
         if not torch.equal(back.codes, encoded.codes):
             raise RuntimeError("entropy decoding did not give back the encoded codes")

@@ -61,6 +61,30 @@ def band_correlation(reference: np.ndarray, output: np.ndarray, edges_hz=EDGES_H
     return np.array([cross[band].sum() for band in bands])
 
 
+def _input_track(model, wav: torch.Tensor):
+    """The tracker's f0 and voicing of a padded input [1, 1, T] at the decoder's frames."""
+    head, config = model.decoder.head, model.config.decoder
+    return estimate_f0(wav[:, 0].double(), head.n_fft, head.hop, config.pitch_min_hz / model.sample_rate,
+                       config.pitch_max_hz / model.sample_rate)
+
+
+def _decode_with_pitch(codec: Codec, wav: torch.Tensor, levels: int, log_f0: torch.Tensor, mask: torch.Tensor,
+                       length: int) -> np.ndarray:
+    """Our decoded audio [length] of a padded input [1, 1, T], the head taking `log_f0` on `mask`."""
+    model = codec.model
+    with torch.inference_mode():
+        latents = model.quantizer.decode(model.encode(wav, levels))
+        frames = latents.shape[-1] * model.config.decoder.upsample
+        out = model.decoder.head_output(latents, pitch=(log_f0[:, :frames], mask[:, :frames]))
+        return model.decoder.head.synthesize(out.spectrum)[0, 0, :length].float().numpy()
+
+
+def _summary(audio: list[np.ndarray], outputs: list[np.ndarray]) -> str:
+    sdr = np.mean([si_sdr(x, y) for x, y in zip(audio, outputs)])
+    scores = [s for s in (pesq_wb(x, y) for x, y in zip(audio, outputs)) if s is not None]
+    return f"SI-SDR {sdr:.2f} dB, PESQ-WB {np.mean(scores):.3f} ({len(scores)} files)"
+
+
 def pitch_errors(codec: Codec, audio: np.ndarray, levels: int | None) -> np.ndarray:
     """|log(f0 decoded / f0 tracked)| on the frames where the decoder's harmonic head and the
     tracker both find voicing; `levels` None: the unquantized latents."""
@@ -68,13 +92,11 @@ def pitch_errors(codec: Codec, audio: np.ndarray, levels: int | None) -> np.ndar
     head = model.decoder.head
     if head.pitch is None:
         raise ValueError("the decoder has no pitch head (not a harmonic one)")
-    config = model.config.decoder
     wav = model._pad(torch.from_numpy(audio)[None, None])
     with torch.inference_mode():
         latents = model.encoder(wav) if levels is None else model.quantizer.decode(model.encode(wav, levels))
         out = model.decoder.head_output(latents)
-    track = estimate_f0(wav[:, 0].double(), head.n_fft, head.hop, config.pitch_min_hz / model.sample_rate,
-                        config.pitch_max_hz / model.sample_rate)
+    track = _input_track(model, wav)
     frames = min(out.log_f0.shape[-1], track.f0.shape[-1])
     both = (out.voicing[0, :frames] > 0) & track.voiced[0, :frames]
     ratio = out.log_f0[0, :frames].double() - track.f0[0, :frames].log()
@@ -98,16 +120,10 @@ def with_input_pitch(codec: Codec, audio: np.ndarray, levels: int, step: float |
     """Our decoded audio [T] when the harmonic head takes the input's tracked f0 (quantized by
     `quantized_track`) on the frames the tracker calls voiced."""
     model = codec.model
-    head, config = model.decoder.head, model.config.decoder
     wav = model._pad(torch.from_numpy(audio)[None, None])
-    track = estimate_f0(wav[:, 0].double(), head.n_fft, head.hop, config.pitch_min_hz / model.sample_rate,
-                        config.pitch_max_hz / model.sample_rate)
-    log_f0 = quantized_track(track.f0.log(), step, config.upsample)
-    with torch.inference_mode():
-        latents = model.quantizer.decode(model.encode(wav, levels))
-        frames = latents.shape[-1] * config.upsample
-        out = model.decoder.head_output(latents, pitch=(log_f0[:, :frames], track.voiced[:, :frames]))
-        return head.synthesize(out.spectrum)[0, 0, : len(audio)].float().numpy()
+    track = _input_track(model, wav)
+    log_f0 = quantized_track(track.f0.log(), step, model.config.decoder.upsample)
+    return _decode_with_pitch(codec, wav, levels, log_f0, track.voiced, len(audio))
 
 
 def with_pitch_stream(codec: Codec, audio: np.ndarray, levels: int) -> tuple[np.ndarray, bytes]:
@@ -121,11 +137,7 @@ def with_pitch_stream(codec: Codec, audio: np.ndarray, levels: int) -> tuple[np.
     stream = pitchcode.encode_track(track)
     track = pitchcode.decode_track(stream, len(track.voiced))
     log_f0, mask = pitchcode.decoder_pitch(track, config.sample_rate, config.decoder.upsample)
-    with torch.inference_mode():
-        latents = model.quantizer.decode(model.encode(wav, levels))
-        frames = latents.shape[-1] * config.decoder.upsample
-        out = model.decoder.head_output(latents, pitch=(log_f0[:, :frames], mask[:, :frames]))
-        return model.decoder.head.synthesize(out.spectrum)[0, 0, : len(audio)].float().numpy(), stream
+    return _decode_with_pitch(codec, wav, levels, log_f0, mask, len(audio)), stream
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,21 +188,16 @@ def main(argv: list[str] | None = None) -> None:
         levels = codec.num_levels(args.bitrate)
         for step in (None, 0.005, 0.01, 0.02):
             outputs = [with_input_pitch(codec, x, levels, step) for x in audio]
-            sdr = np.mean([si_sdr(x, y) for x, y in zip(audio, outputs)])
-            scores = [s for s in (pesq_wb(x, y) for x, y in zip(audio, outputs)) if s is not None]
             name = "exact" if step is None else f"in {step:.1%} steps, one per code frame"
-            print(f"ours {args.bitrate:g} kbps with the input's f0 ({name}): SI-SDR {sdr:.2f} dB, "
-                  f"PESQ-WB {np.mean(scores):.3f} ({len(scores)} files)")
+            print(f"ours {args.bitrate:g} kbps with the input's f0 ({name}): {_summary(audio, outputs)}")
         outputs, bits = [], 0
         for x in audio:
             y, stream = with_pitch_stream(codec, x, levels)
             outputs.append(y)
             bits += 8 * len(stream)
-        sdr = np.mean([si_sdr(x, y) for x, y in zip(audio, outputs)])
-        scores = [s for s in (pesq_wb(x, y) for x, y in zip(audio, outputs)) if s is not None]
         seconds = sum(len(x) for x in audio) / SAMPLE_RATE
         print(f"ours {args.bitrate:g} kbps with the pitch stream (codec.pitchcode, {bits / seconds:.0f} bit/s): "
-              f"SI-SDR {sdr:.2f} dB, PESQ-WB {np.mean(scores):.3f} ({len(scores)} files)")
+              f"{_summary(audio, outputs)}")
 
 
 if __name__ == "__main__":

@@ -377,8 +377,7 @@ def warm_start(model: CodecModel, path: str, announce: bool) -> None:
         elif part == "encoder" and old.features == "logmag" and new.features in ("logmag+phase", "logmag+f0") \
                 and dataclasses.replace(old, features=new.features) == new:
             weight = state["encoder.input.weight"]
-            inputs = 3 * weight.shape[1] if new.features == "logmag+phase" else weight.shape[1] + 2
-            grown_weight = weight.new_zeros(weight.shape[0], inputs, weight.shape[2])
+            grown_weight = weight.new_zeros(model.encoder.input.weight.shape)
             grown_weight[:, : weight.shape[1]] = weight
             state["encoder.input.weight"] = grown_weight
         elif part == "quantizer" and dataclasses.replace(old, **{f: getattr(new, f) for f in old.TRAINING_FIELDS}) == new:
