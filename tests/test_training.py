@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from codec import Codec
+from codec.config import tiny_config
 from codec.model import build_model
 from codec.usage import codebook_usage
 from training.data import load_validation, read_manifest
@@ -286,3 +288,61 @@ def test_refresh_eval_replaces_only_the_cards_evaluation_tables(tmp_path, monkey
     (folder / "usage.csv").unlink()
     with pytest.raises(SystemExit, match="usage.csv"):
         export.main(["--refresh-eval", str(folder)])
+
+
+def test_bf16_gan_steps_every_other_step_on_crops_and_resume_exactly(tiny_corpus, tmp_path):
+    options = dict(precision="bf16", adversarial=True, adversarial_items=2, adversarial_seconds=0.25,
+                   adversarial_every=2, augment=0.5, log_every=1)
+    tiny_run(tiny_corpus, tmp_path / "straight", steps=6, **options)
+    tiny_run(tiny_corpus, tmp_path / "resumed", steps=3, **options)
+    tiny_run(tiny_corpus, tmp_path / "resumed", steps=6, **options)
+    records = [r for r in read_metrics(tmp_path / "straight") if "loss" in r]
+    # The discriminators run on steps 0, 2, 4 (logged as steps 1, 3, 5) and nowhere else.
+    assert [r["step"] for r in records if "disc/loss" in r] == [1, 3, 5]
+    assert all(math.isfinite(r["loss"]) and r["skipped_steps"] == 0 for r in records)
+    a = Codec.load(tmp_path / "straight" / "last.safetensors").model.state_dict()
+    b = Codec.load(tmp_path / "resumed" / "last.safetensors").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_keeps_losses_in_float32(tiny_corpus):
+    from training.step import autocast
+    from training.train import build_trainer, model_config_for
+
+    config = TrainConfig(manifest=str(tiny_corpus), model="tiny", precision="bf16")
+    trainer = build_trainer(config, model_config_for(config), torch.device("cpu"))
+    conv = next(m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.Conv1d))
+    seen = []
+    hook = conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    result = trainer.step(torch.randn(2, 1, 4000) * 0.1, 0)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert result.applied and all(v.dtype == torch.float32 for v in result.losses.values())
+    with pytest.raises(ValueError):
+        autocast(torch.device("cpu"), "fp16")
+
+
+def test_augment_is_seeded_changes_the_spectrum_and_keeps_the_length():
+    from training.data import Augment
+
+    wav = torch.randn(16000) * 0.1
+    first = Augment(1.0)(wav, torch.Generator().manual_seed(3))
+    again = Augment(1.0)(wav, torch.Generator().manual_seed(3))
+    other = Augment(1.0)(wav, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other) and first.shape == wav.shape
+    assert not torch.allclose(first, wav, atol=1e-3)
+    spectrum_ratio = torch.fft.rfft(first).abs() / torch.fft.rfft(wav).abs()
+    assert spectrum_ratio[100:].std() > 0.05  # not a plain gain
+    assert torch.equal(Augment(0.0)(wav, torch.Generator()), wav)
+
+
+def test_validation_reports_pesq_stoi_and_a_quality_score(tiny_corpus):
+    from training.validate import STOI_WEIGHT, validate
+
+    model = build_model(tiny_config())
+    clips = load_validation(read_manifest(tiny_corpus, "train"), 16000, 4)
+    result = validate(model, clips)
+    pesq, stoi = result["pesq_wb"], result["stoi"]
+    assert set(pesq) == set(stoi) == set(result["mel_distance"])
+    expected = sum(pesq.values()) / len(pesq) + STOI_WEIGHT * sum(stoi.values()) / len(stoi)
+    assert result["quality"] == pytest.approx(expected, abs=1e-3)

@@ -40,11 +40,14 @@ def run_info(run: Path) -> dict:
 
 
 def _score(val: dict) -> float:
-    """How the trainers pick best.safetensors: lowest 3 kbps mel distance (codec), lowest bits
-    per token (prior)."""
+    """How the trainers pick best.safetensors, as a number to minimise: lowest bits per token
+    (prior); highest `quality` (codec, training.validate), or lowest mel distance where a record
+    has none."""
     if "bits_per_token" in val:
         return val["bits_per_token"]
-    return val["mel_distance"].get("3.0kbps", min(val["mel_distance"].values()))
+    if "quality" in val:
+        return -val["quality"]
+    return min(val["mel_distance"].values())
 
 
 def best_validation(run: Path) -> dict | None:

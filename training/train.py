@@ -28,20 +28,12 @@ from tqdm import tqdm
 from codec.api import Codec
 from codec.config import CodecConfig, tiny_config
 from codec.model import CodecModel, build_model
-from training.data import CropSampler, load_validation, read_manifest
+from training.data import Augment, CropSampler, load_validation, read_manifest
 from training.discriminators import Discriminator, DiscriminatorConfig
-from training.losses import (
-    HeadSpectrumLoss,
-    pitch_loss,
-    si_sdr_loss,
-    MelLoss,
-    MultiResolutionSTFTLoss,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-)
+from training.losses import HeadSpectrumLoss, MelLoss, MultiResolutionSTFTLoss, pitch_loss, si_sdr_loss
 from training.pesq_loss import PesqLoss
 from training.state import load_training_state, save_training_state
+from training.step import StepOptions, Trainer
 from training.stoi_loss import StoiLoss
 from training.validate import validate
 
@@ -85,6 +77,15 @@ class TrainConfig:
     adversarial: bool = False
     adversarial_start: int = 0  # step at which the discriminator starts
     adversarial_items: int = 0  # items of each batch the discriminators see (0: all)
+    adversarial_seconds: float = 0.0  # crop of those items the discriminators see (0: all of it)
+    adversarial_every: int = 1  # discriminator update (and adversarial terms) every n-th step
+    discriminator_lr: float = 0.0  # 0: the codec's learning rate
+    # "bf16": the networks run under bfloat16 autocast (AMX on these CPUs, tensor cores on a GPU);
+    # losses and the head's FFTs stay float32. training.step_bench measures what it saves.
+    precision: str = "fp32"
+    # Random equalisation, noise and loudness of the training crops (training.data.Augment);
+    # the codec reconstructs the augmented crop. 0: loudness only, as before.
+    augment: float = 0.0
     # Comma-separated parts kept as they are ("encoder,quantizer": fine-tune the decoder alone;
     # the codes, and so a prior fitted to them, stay valid).
     freeze: str = ""
@@ -142,6 +143,11 @@ def learning_rate_factor(config: TrainConfig):
     return factor
 
 
+def step_options(config: TrainConfig, model_config: CodecConfig) -> StepOptions:
+    return StepOptions(config.precision, config.grad_clip, config.adversarial_start, config.adversarial_items,
+                       config.adversarial_seconds, config.adversarial_every, model_config.sample_rate)
+
+
 class Losses:
     """The named losses of one step, weighted by the config's lambdas."""
 
@@ -180,14 +186,8 @@ class Losses:
         return sum(self.lambdas[name] * value for name, value in losses.items() if self.lambdas.get(name, 0.0))
 
 
-def train(config: TrainConfig) -> None:
-    rank, world, device = setup_distributed()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed + rank)
-
+def model_config_for(config: TrainConfig) -> CodecConfig:
+    """The model the run trains: the default (or tiny) config with the run's overrides."""
     model_config = tiny_config() if config.model == "tiny" else CodecConfig()
     if config.decoder_phase:
         model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase=config.decoder_phase))
@@ -198,35 +198,53 @@ def train(config: TrainConfig) -> None:
         model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, features=config.encoder_features))
     if config.level_dropout >= 0:
         model_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(model_config.quantizer, level_dropout=config.level_dropout))
+    return model_config
+
+
+def build_trainer(config: TrainConfig, model_config: CodecConfig, device: torch.device, world: int = 1) -> Trainer:
+    """A fresh model (frozen parts frozen), its optimizer and schedule, and the discriminator
+    with its own when the run is adversarial."""
     model = build_model(model_config).to(device)
-    frozen = frozen_parts(config.freeze)
-    for part in frozen:
+    for part in frozen_parts(config.freeze):
         getattr(model, part).requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     train_model = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(trainable, config.learning_rate, betas=(0.8, 0.99), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
-    modules, optimizers, schedulers = {"codec": model}, {"codec": optimizer}, {"codec": scheduler}
-    discriminator = None
+    trainer = Trainer(model, train_model, Losses(config, model, device), optimizer, scheduler,
+                      step_options(config, model_config), trainable=trainable)
     if config.adversarial:
         discriminator = Discriminator(DiscriminatorConfig()).to(device)
-        d_optimizer = torch.optim.AdamW(discriminator.parameters(), config.learning_rate, betas=(0.8, 0.99))
-        d_scheduler = torch.optim.lr_scheduler.LambdaLR(d_optimizer, learning_rate_factor(config))
-        modules["discriminator"], optimizers["discriminator"], schedulers["discriminator"] = (
-            discriminator, d_optimizer, d_scheduler,
-        )
-        train_discriminator = DistributedDataParallel(discriminator) if world > 1 else discriminator
+        trainer.discriminator = discriminator
+        trainer.train_discriminator = DistributedDataParallel(discriminator) if world > 1 else discriminator
+        trainer.d_optimizer = torch.optim.AdamW(discriminator.parameters(), config.discriminator_lr or config.learning_rate, betas=(0.8, 0.99))
+        trainer.d_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.d_optimizer, learning_rate_factor(config))
+    return trainer
+
+
+def train(config: TrainConfig) -> None:
+    rank, world, device = setup_distributed()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed + rank)
+
+    model_config = model_config_for(config)
+    trainer = build_trainer(config, model_config, device, world)
+    model, frozen = trainer.model, frozen_parts(config.freeze)
+    modules, optimizers, schedulers = trainer.checkpointables()
 
     train_clips = read_manifest(config.manifest, "train")
     segment = int(config.segment_seconds * model_config.sample_rate)
-    sampler = CropSampler(train_clips, model_config.sample_rate, segment, config.kind_weights, config.seed * 1000 + rank, progress=rank == 0)
+    sampler = CropSampler(train_clips, model_config.sample_rate, segment, config.kind_weights, config.seed * 1000 + rank,
+                          augment=Augment(config.augment, model_config.sample_rate), progress=rank == 0)
     val_clips = load_validation(read_manifest(config.manifest, "val", ("speech",)), model_config.sample_rate, config.val_seconds) if rank == 0 else []
-    losses_fn = Losses(config, model, device)
 
     # Rank 0 keeps the weights and optimizer state; every rank keeps its own random states.
     state_path = run_dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
     own = (modules, optimizers, schedulers) if rank == 0 else ({}, {}, {})
-    step, best, elapsed = 0, math.inf, 0.0
+    step, best, elapsed = 0, -math.inf, 0.0  # best: the highest validation score so far
     if (run_dir / "state.safetensors").exists():
         info = load_training_state(run_dir / "state.safetensors", modules, optimizers, schedulers, {})
         step, best, elapsed = info["step"], info["best"], info["elapsed"]
@@ -265,46 +283,14 @@ def train(config: TrainConfig) -> None:
         if out_of_time():
             break
         wav = sampler.batch(config.batch_size).to(device)
-        output = train_model(wav)
-        losses = losses_fn.reconstruction(output, wav)
-
-        use_gan = discriminator is not None and step >= config.adversarial_start
-        if use_gan:
-            # The discriminators judge the first `adversarial_items` items of the batch.
-            real_wav, fake_wav = wav[: config.adversarial_items or None], output.audio[: config.adversarial_items or None]
-            d_losses = discriminator_loss(train_discriminator(real_wav), train_discriminator(fake_wav.detach()))
-            d_optimizer.zero_grad(set_to_none=True)
-            d_losses.backward()
-            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip * 10)
-            d_optimizer.step()
-            d_scheduler.step()
-            # The generator's terms go through the bare discriminator with its weights frozen:
-            # only the codec needs gradients, and the real features are targets.
-            discriminator.requires_grad_(False)
-            with torch.no_grad():
-                real = discriminator(real_wav)
-            fake = discriminator(fake_wav)
-            discriminator.requires_grad_(True)
-            losses["adv"] = generator_adversarial_loss(fake)
-            losses["feat"] = feature_matching_loss([o.features for o in real], [o.features for o in fake])
-            losses["disc"] = d_losses.detach()
-
-        total = losses_fn.total(losses)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            # One bad batch (a loss dividing 0 by 0) must not turn every weight into NaN. The
-            # gradients are all-reduced first, so every rank skips the same steps.
-            skipped += 1
-        scheduler.step()
+        result = trainer.step(wav, step)
+        losses, total, grad_norm = result.losses, result.total, result.grad_norm
+        skipped += not result.applied
         step += 1
         bar.update(1)
 
         if rank == 0 and step % config.log_every == 0:
-            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]}
+            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": trainer.scheduler.get_last_lr()[0]}
             record.update({f"{k}/loss": v.item() for k, v in losses.items()})
             record["skipped_steps"] = skipped  # in this invocation
             record["level_restarts"] = [int(level.restarts) for level in model.quantizer.levels]  # this process
@@ -317,8 +303,10 @@ def train(config: TrainConfig) -> None:
             set_train_mode(model, frozen)
             metrics_file.write(json.dumps({"step": step, "val": result}) + "\n")
             metrics_file.flush()
-            score = result["mel_distance"]["3.0kbps"] if "3.0kbps" in result["mel_distance"] else min(result["mel_distance"].values())
-            if score < best:
+            # Best by held-out PESQ and STOI (training.validate); minus the mel distance where
+            # those cannot be measured (e.g. a model at another sample rate).
+            score = result.get("quality", -min(result["mel_distance"].values()))
+            if score > best:
                 best = score
                 Codec(model, model_config.name).save(run_dir / "best.safetensors")
             tqdm.write(f"step {step}: val {json.dumps(result)}")
