@@ -119,7 +119,7 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     out = tmp_path / "eval"
     # The tiny codec has 4 levels of 6 bits: 1.5 and 3 kbps both mean all 4 levels, so 3 is skipped.
     evaluate.main(["--folder", str(clips), "--checkpoint", str(checkpoint), "--no-baselines",
-                   "--bitrates", "0.6,1.5,3", "--out", str(out)])
+                   "--bitrates", "0.6,1.5,3", "--no-perceptual", "--out", str(out)])
 
     with (out / "per_file.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -151,7 +151,7 @@ def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_p
     out = tmp_path / "eval"
     evaluate.main(["--manifest", str(tiny_corpus), "--split", "train", "--kind", "music", "--checkpoint",
                    str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--usage-whole-split", "--examples", "0",
-                   "--out", str(out)])
+                   "--no-perceptual", "--out", str(out)])
     assert (out / "summary.csv").exists() and not (out / "spectrograms.png").exists()
     with (out / "usage.csv").open() as handle:
         usage = list(csv.DictReader(handle))
@@ -191,7 +191,8 @@ def test_entropy_coded_settings_are_charged_their_real_files(tiny_codec, tiny_ch
     sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
     out = tmp_path / "eval"
     evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
-                   "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--examples", "0", "--out", str(out)])
+                   "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--examples", "0", "--no-perceptual",
+                   "--out", str(out)])
     with (out / "per_file.csv").open() as handle:
         rows = {r["setting"]: r for r in csv.DictReader(handle)}
     packed, coded = rows["1.5 kbps"], rows["1.5 kbps + prior"]
@@ -251,7 +252,7 @@ def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(tiny_
     out = tmp_path / "eval"
     evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
                    "--entropy-bitrates", "1.5", "--pitch-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint),
-                   "--examples", "0", "--out", str(out)])
+                   "--examples", "0", "--no-perceptual", "--out", str(out)])
     with (out / "per_file.csv").open() as handle:
         rows = {r["setting"]: r for r in csv.DictReader(handle)}
     coded, pitched = rows["1.5 kbps + prior"], rows["1.5 kbps + prior + pitch"]
@@ -263,3 +264,46 @@ def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(tiny_
     decoded = codec.decode(codec.from_bytes(data, prior))[0, 0].numpy()
     expected = score(audio[0].numpy(), decoded)
     assert float(pitched["mel_distance"]) == pytest.approx(expected.mel_distance, abs=1e-3)
+
+
+@pytest.mark.slow  # ~15-25 s: an ASR pass, DNSMOS and a speaker embedding per output and per original
+def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_files(tiny_checkpoint, tmp_path, capsys):
+    from pathlib import Path
+
+    from training import perceptual
+
+    clips = tmp_path / "clips"
+    (clips / "en").mkdir(parents=True)
+    speech, _ = sf.read(Path(__file__).parent / "data" / "arctic_a0009.wav", dtype="float32")
+    sf.write(clips / "en" / "whole.wav", speech, 16000, subtype="PCM_16")
+    sf.write(clips / "en" / "start.wav", speech[:28000], 16000, subtype="PCM_16")  # fewer words
+    sf.write(clips / "tone.wav", harmonic_signal(1.0, 16000, 3), 16000, subtype="PCM_16")  # not English
+    out = tmp_path / "eval"
+    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines",
+                   "--bitrates", "1.5", "--english", "en/*", "--examples", "0", "--out", str(out)])
+
+    with (out / "per_file.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    for row in rows:
+        assert 1 <= float(row["dnsmos_ovrl"]) <= 5 and 0 < float(row["spk_sim"]) <= 1
+        assert (row["dwer"] != "") == row["file"].startswith("en/")
+    with (out / "summary.csv").open() as handle:
+        summary = list(csv.DictReader(handle))
+    reference = summary[0]
+    assert (reference["family"], reference["setting"], reference["files"]) == ("reference", "original", "3")
+    assert reference["pesq_wb"] == reference["kbps"] == reference["dwer"] == ""
+    originals = {name: evaluate.load_audio(str(clips / name)) for name in ("en/whole.wav", "en/start.wav", "tone.wav")}
+    assert float(reference["dnsmos_ovrl"]) == pytest.approx(
+        np.mean([perceptual.dnsmos(a).ovrl for a in originals.values()]), abs=1e-3)
+    # Pooled: word errors over reference words, so the longer file weighs more.
+    words = {name: len(perceptual.transcribe(originals[name]).split()) for name in ("en/whole.wav", "en/start.wav")}
+    assert words["en/whole.wav"] > words["en/start.wav"] > 0
+    for system in summary[1:]:
+        mine = [r for r in rows if r["setting"] == system["setting"]]
+        pooled = sum(float(r["dwer"]) * words[r["file"]] for r in mine if r["dwer"]) / sum(words.values())
+        assert float(system["dwer"]) == pytest.approx(pooled, abs=1e-3)
+        assert (system["dwer_files"], system["dwer_words"]) == ("2", str(sum(words.values())))
+        assert float(system["spk_sim"]) == pytest.approx(np.mean([float(r["spk_sim"]) for r in mine]), abs=1e-3)
+    printed = capsys.readouterr().out
+    assert "dWER%" in printed and "reference" in printed and "dWER on the 2 English file(s)" in printed

@@ -2,12 +2,18 @@
 
     python -m training.evaluate --manifest data/corpus/manifest.jsonl --split val --kind speech \\
         --checkpoint runs/codec/best.safetensors [--bitrates 1,1.5,3,6] [--max-minutes 20] [--jobs 2]
-    python -m training.evaluate --folder my_clips/ --out docs/eval
+    python -m training.evaluate --folder my_clips/ --out docs/eval [--english 'en/*'] [--no-perceptual]
 
 Every system is charged the size of the file it writes (ours: the codec.bitstream file, header
 included; Opus: the Ogg file; Codec2: the .c2 file). Each system's delay (ours: 0 by construction;
 the others: measured once on the first files, training.metrics.system_delay) is removed from all
-its outputs before they are scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance.
+its outputs before they are scored at 16 kHz with PESQ-WB, STOI, SI-SDR and a log-mel distance,
+and (unless --no-perceptual) with the listener-oriented metrics of training.perceptual: DNSMOS
+SIG/BAK/OVRL and speaker similarity for every file, dWER for English files. A file is English
+where its name (relative to --folder or to the manifest's folder) matches an --english glob or
+list file, or where its manifest group is an English language tag ('en', 'en_GB'). The
+summary pools dWER over files (word errors / reference words) and shows the originals' DNSMOS
+as a 'reference' row: the ceiling for every system.
 Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over the scored files and,
 with --usage-whole-split, over the whole split),
 rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
@@ -16,14 +22,11 @@ rate_distortion.png and spectrograms.png to --out and prints the summary. Files 
 from __future__ import annotations
 
 import argparse
-import csv
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,10 +40,11 @@ from tqdm import tqdm
 from codec import Codec
 from codec.prior_api import TokenPrior
 from codec.usage import LevelUsage, codebook_usage
-from training import plots
+from training import perceptual, plots
 from training.baselines import SAMPLE_RATE, System, build_systems
 from training.data import read_manifest
 from training.metrics import score, shift, system_delay
+from training.results import FileResult, Row, bandwidth_note, format_table, summarize, write_csv
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 MIN_SECONDS = 0.1  # the log-mel distance needs more than one 1024-point frame
@@ -51,48 +55,29 @@ class AudioFile:
     path: str
     name: str  # shown in tables and figures
     seconds: float
+    english: bool = False  # scored for dWER
 
 
-@dataclass
-class Row:
-    """One file through one system."""
-
-    file: str
-    seconds: float
-    family: str
-    setting: str
-    bytes: int
-    kbps: float  # charged: bytes * 8 / seconds
-    payload_kbps: float  # the coded frames alone, without file header or container
-    lag_ms: float  # the system's delay, removed before scoring; > 0: its output is late
-    pesq_wb: float | None
-    stoi: float | None
-    si_sdr: float
-    mel_distance: float
-    bandwidth: str  # Opus: packets per mode and coded bandwidth
-    codec_s: float  # encode + decode time
-    score_s: float
-
-
-@dataclass
-class FileResult:
-    rows: list[Row]
-    bandwidths: dict[str, Counter]  # system name -> Opus packets per mode and bandwidth
-
-
-def manifest_files(manifest: str, split: str, kinds: tuple[str, ...] | None = None) -> list[AudioFile]:
+def manifest_files(manifest: str, split: str, kinds: tuple[str, ...] | None = None,
+                   english: perceptual.EnglishFiles = perceptual.EnglishFiles()) -> list[AudioFile]:
     """The manifest's files of this split (and these kinds; None: every kind), in manifest order."""
     root = Path(manifest).parent
-    return [AudioFile(c.path, os.path.relpath(c.path, root), c.duration) for c in read_manifest(manifest, split, kinds)]
+    files = []
+    for clip in read_manifest(manifest, split, kinds):
+        name = os.path.relpath(clip.path, root)
+        files.append(AudioFile(clip.path, name, clip.duration, english(name, perceptual.group_language(clip.group))))
+    return files
 
 
 def list_files(args: argparse.Namespace) -> list[AudioFile]:
+    english = perceptual.EnglishFiles.parse(args.english)
     if args.manifest:
-        files = manifest_files(args.manifest, args.split, tuple(args.kind) if args.kind else None)
+        files = manifest_files(args.manifest, args.split, tuple(args.kind) if args.kind else None, english)
     else:
         folder = Path(args.folder)
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        files = [AudioFile(str(p), str(p.relative_to(folder)), sf.info(str(p)).duration) for p in paths]
+        names = [str(p.relative_to(folder)) for p in paths]
+        files = [AudioFile(str(p), n, sf.info(str(p)).duration, english(n)) for p, n in zip(paths, names)]
     random.Random(args.seed).shuffle(files)
     chosen, total = [], 0.0
     for file in files:
@@ -117,11 +102,6 @@ def load_audio(path: str) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def bandwidth_note(counts: Counter) -> str:
-    total = sum(counts.values())
-    return ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in counts.most_common()) if total else ""
-
-
 def calibrate_delays(systems: list[System], files: list[AudioFile], max_lag_s: float) -> dict[str, int]:
     """Each system's delay in samples: its own where known by construction, else measured on
     these files."""
@@ -131,10 +111,12 @@ def calibrate_delays(systems: list[System], files: list[AudioFile], max_lag_s: f
             for s in tqdm(systems, desc="measuring delays", unit="system")}
 
 
-def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int]) -> FileResult:
+def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int], listen: bool = False) -> FileResult:
+    """Every system's row for one file; `listen`: with the perceptual metrics."""
     reference = load_audio(file.path)
     seconds = len(reference) / SAMPLE_RATE
-    rows, bandwidths = [], {}
+    rows, bandwidths, transcripts = [], {}, {}
+    original = perceptual.listen_to_reference(reference, file.english) if listen else None
     for system in systems:
         start = time.perf_counter()
         output = system.run(reference)
@@ -142,15 +124,22 @@ def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int]
         lag = delays[system.name]
         aligned = shift(output.audio, lag, len(reference))
         scores = score(reference, aligned)
+        scored = time.perf_counter()
+        heard = {}
+        if original is not None:
+            listening = perceptual.listen(original, aligned)
+            heard = asdict(listening.scores) | {"listen_s": time.perf_counter() - scored}
+            if listening.transcript is not None:
+                transcripts[system.name] = (original.transcript, listening.transcript)
         kbps = output.num_bytes * 8 / seconds / 1000
         rows.append(Row(
             file.name, seconds, system.family, system.setting, output.num_bytes, kbps,
             output.payload_bps / 1000, 1000 * lag / SAMPLE_RATE,
             scores.pesq_wb, scores.stoi, scores.si_sdr, scores.mel_distance, bandwidth_note(output.bandwidths),
-            middle - start, time.perf_counter() - middle,
+            middle - start, scored - middle, **heard,
         ))
         bandwidths[system.name] = output.bandwidths
-    return FileResult(rows, bandwidths)
+    return FileResult(rows, bandwidths, original.dnsmos if original else None, transcripts)
 
 
 # Worker processes build their own systems once (a model per process), then take files.
@@ -177,66 +166,8 @@ def load_prior(path: str | None, codec: Codec) -> TokenPrior:
     return prior
 
 
-def _evaluate_in_worker(file: AudioFile, delays: dict[str, int]) -> FileResult:
-    return evaluate_file(_worker_systems, file, delays)
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def summarize(results: list[FileResult]) -> list[dict]:
-    """One row per system, in the order systems first appear."""
-    rows = [row for result in results for row in result.rows]
-    summary = []
-    for family, setting in dict.fromkeys((r.family, r.setting) for r in rows):
-        group = [r for r in rows if (r.family, r.setting) == (family, setting)]
-        seconds = sum(r.seconds for r in group)
-        bandwidths = sum((result.bandwidths.get(f"{family} {setting}", Counter()) for result in results), Counter())
-        summary.append({
-            "family": family, "setting": setting, "files": len(group), "minutes": seconds / 60,
-            "kbps": sum(r.bytes for r in group) * 8 / seconds / 1000,
-            "payload_kbps": sum(r.payload_kbps * r.seconds for r in group) / seconds,
-            "pesq_wb": _mean([r.pesq_wb for r in group]),
-            "pesq_skipped": sum(r.pesq_wb is None for r in group),
-            "stoi": _mean([r.stoi for r in group]),
-            "stoi_skipped": sum(r.stoi is None for r in group),
-            "si_sdr": _mean([r.si_sdr for r in group]),
-            "mel_distance": _mean([r.mel_distance for r in group]),
-            "lag_ms": statistics.median(r.lag_ms for r in group),
-            "bandwidth": bandwidth_note(bandwidths),
-            "codec_s": sum(r.codec_s for r in group), "score_s": sum(r.score_s for r in group),
-        })
-    return summary
-
-
-def format_table(summary: list[dict]) -> str:
-    def num(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    header = f"{'codec':<7} {'setting':<10} {'kbps':>6} {'payload':>7} {'PESQ-WB':>7} {'STOI':>6} " \
-             f"{'SI-SDR':>7} {'mel':>6} {'lag ms':>7}  note"
-    lines = [header, "-" * len(header)]
-    for s in summary:
-        notes = [s["bandwidth"]] if s["bandwidth"] else []
-        if s["pesq_skipped"]:
-            notes.append(f"PESQ skipped on {s['pesq_skipped']} file(s)")
-        if s["stoi_skipped"]:
-            notes.append(f"STOI skipped on {s['stoi_skipped']} file(s)")
-        lines.append(
-            f"{s['family']:<7} {s['setting']:<10} {s['kbps']:>6.2f} {num(s['payload_kbps'], '7.2f'):>7} "
-            f"{num(s['pesq_wb'], '7.3f'):>7} {num(s['stoi'], '6.3f'):>6} {num(s['si_sdr'], '7.2f'):>7} "
-            f"{num(s['mel_distance'], '6.3f'):>6} {s['lag_ms']:>7.2f}  {'; '.join(notes)}"
-        )
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, records: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in records)
+def _evaluate_in_worker(file: AudioFile, delays: dict[str, int], listen: bool) -> FileResult:
+    return evaluate_file(_worker_systems, file, delays, listen)
 
 
 def closest(systems: list[System], family: str, kbps: float) -> System | None:
@@ -308,6 +239,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise SystemExit("no audio files found")
     print(f"{len(files)} files, {sum(f.seconds for f in files) / 60:.2f} minutes, "
           f"{len(systems)} systems: {', '.join(s.name for s in systems)}")
+    if args.perceptual:
+        print(f"dWER on the {sum(f.english for f in files)} English file(s); DNSMOS and speaker similarity on all")
     delays = calibrate_delays(systems, files[: args.delay_files], max_lag_s)
     print("delays removed (ms, measured on the first "
           f"{min(args.delay_files, len(files))} files): "
@@ -319,11 +252,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads,
              args.entropy_bitrates, args.prior, args.pitch_bitrates),
         )
-        futures = [pool.submit(_evaluate_in_worker, f, delays) for f in files]
+        futures = [pool.submit(_evaluate_in_worker, f, delays, args.perceptual) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
         pool.shutdown()
     else:
-        results = [evaluate_file(systems, f, delays) for f in tqdm(files, desc="files", unit="file")]
+        results = [evaluate_file(systems, f, delays, args.perceptual) for f in tqdm(files, desc="files", unit="file")]
 
     rows = [row for result in results for row in result.rows]
     summary = summarize(results)
@@ -344,13 +277,16 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
           "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
           "header, all included); payload = the coded frames alone; lag = the system's delay, removed")
+    if args.perceptual:
+        print("dWER = word errors of pocketsphinx on the output against its transcript of the original, pooled "
+              "over English files; SIG/BAK/OVRL = DNSMOS P.835 (reference: the originals); spk = speaker similarity")
     print(format_table(summary))
     if usage:
         print("\n" + format_usage(usage, codec.config.quantizer.codebook_size))
     elapsed = time.perf_counter() - start
-    print(f"\ncodec time {sum(s['codec_s'] for s in summary):.1f} s, scoring time "
-          f"{sum(s['score_s'] for s in summary):.1f} s (summed over jobs), wall {elapsed:.1f} s "
-          f"with {args.jobs} job(s)")
+    print(f"\ncodec time {sum(s['codec_s'] or 0 for s in summary):.1f} s, scoring time "
+          f"{sum(s['score_s'] or 0 for s in summary):.1f} s, perceptual metrics {sum(s['listen_s'] or 0 for s in summary):.1f} s "
+          f"(summed over jobs), wall {elapsed:.1f} s with {args.jobs} job(s)")
     print(f"wrote {', '.join(str(out / n) for n in ('per_file.csv', 'summary.csv', 'rate_distortion.png', 'spectrograms.png'))}")
     return summary
 
@@ -385,6 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process; more than one is slower when the cores are busy")
+    parser.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=True,
+                        help="dWER, DNSMOS and speaker similarity (training.perceptual); --no-perceptual skips them")
+    parser.add_argument("--english", action="append", default=[], metavar="GLOB_OR_LIST",
+                        help="files scored for dWER: a glob on the file's relative name ('*' crosses '/'), or a "
+                             "file listing relative names one a line; repeatable. Manifest files whose group is "
+                             "'en' or 'en_XX' are English without it")
     parser.add_argument("--usage-whole-split", action="store_true",
                         help="also measure codebook usage over every file of --split, of every kind")
     parser.add_argument("--out", default="docs/eval")
