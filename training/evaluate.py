@@ -14,6 +14,9 @@ where its name (relative to --folder or to the manifest's folder) matches an --e
 list file, or where its manifest group is an English language tag ('en', 'en_GB'). The
 summary pools dWER over files (word errors / reference words) and shows the originals' DNSMOS
 as a 'reference' row: the ceiling for every system.
+`--also NAME MANIFEST SPLIT` scores another held-out set in the same run (e.g. the clean set of
+training.cleanset beside the validation split), reported and written (to OUT/NAME) on its own.
+Each set's report ends with the quality targets (training.targets) checked on it.
 Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over the scored files and,
 with --usage-whole-split, over the whole split),
 rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
@@ -40,7 +43,7 @@ from tqdm import tqdm
 from codec import Codec
 from codec.prior_api import TokenPrior
 from codec.usage import LevelUsage, codebook_usage
-from training import perceptual, plots
+from training import perceptual, plots, targets
 from training.baselines import SAMPLE_RATE, System, build_systems
 from training.data import read_manifest
 from training.metrics import score, shift, system_delay
@@ -281,6 +284,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         print("dWER = word errors of pocketsphinx on the output against its transcript of the original, pooled "
               "over English files; SIG/BAK/OVRL = DNSMOS P.835 (reference: the originals); spk = speaker similarity")
     print(format_table(summary))
+    print("\ntargets:\n" + targets.report(summary))
     if usage:
         print("\n" + format_usage(usage, codec.config.quantizer.codebook_size))
     elapsed = time.perf_counter() - start
@@ -329,12 +333,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "'en' or 'en_XX' are English without it")
     parser.add_argument("--usage-whole-split", action="store_true",
                         help="also measure codebook usage over every file of --split, of every kind")
+    parser.add_argument("--also", nargs=3, action="append", default=[], metavar=("NAME", "MANIFEST", "SPLIT"),
+                        help="another held-out set scored in the same run with the same systems and options (--kind included), "
+                             "reported on its own and written to OUT/NAME; repeatable")
     parser.add_argument("--out", default="docs/eval")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    sets = [(args.manifest or args.folder, args)] + [
+        (name, argparse.Namespace(**{**vars(args), "manifest": manifest, "folder": None, "split": split,
+                                      "out": str(Path(args.out) / name), "usage_whole_split": False}))
+        for name, manifest, split in args.also
+    ]
+    for name, set_args in sets:
+        if len(sets) > 1:
+            print(f"\n===== held-out set {name} ({set_args.split if set_args.manifest else 'folder'}) -> {set_args.out} =====")
+        run(set_args)
 
 
 if __name__ == "__main__":
