@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -55,6 +56,7 @@ class TrainConfig:
     # bitrate equally; the default 0.5 gives all levels 54% of items and 1.5 kbps 4%.
     level_dropout: float = -1.0
     init_from: str = ""  # start a new run from these inference weights (e.g. the bundled model)
+    init_discriminator: str = ""  # and its discriminator from this state dict (training.burst writes one)
     steps: int = 200_000  # stop after this many optimizer steps in all
     max_minutes: float = 0.0  # stop this invocation after so many minutes (0: no limit)
     batch_size: int = 16  # per process
@@ -256,6 +258,10 @@ def train(config: TrainConfig) -> None:
     else:
         if config.init_from:
             warm_start(model, config.init_from, announce=rank == 0)
+        if config.init_discriminator:
+            if trainer.discriminator is None:
+                raise SystemExit("--init_discriminator needs --adversarial true")
+            trainer.discriminator.load_state_dict(load_file(config.init_discriminator), strict=True)
         if rank == 0:
             (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
             print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
