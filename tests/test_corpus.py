@@ -11,7 +11,7 @@ from training.corpus import (SAMPLE_RATE, ManifestEntry, SourceReport, build_sou
                              extract_archive, read_journal, read_manifest, rebuild_manifest,
                              split_chunks, write_manifest)
 from training.sources import (ALL, SOURCES, SOURCES_BY_NAME, Item, Source, group_of,
-                              package_items, parse_stamp_text, split_for)
+                              package_items, parse_stamp_text, safe_name, split_for)
 
 MANIFEST_KEYS = {"path", "source_package", "original_path", "license", "duration", "split",
                  "kind", "group", "sample_rate"}
@@ -56,6 +56,13 @@ def test_groups_read_from_paths():
     assert group_of(SOURCES_BY_NAME["klettres-data"], "uk/alpha/a.ogg") == "uk"
     assert group_of(SOURCES_BY_NAME["hedgewars-voices"], "Pirate/Drat.ogg") == "Pirate"
     assert group_of(SOURCES_BY_NAME["fillets-ng-data-cs"], "city/cs/x.ogg") == "cs"
+
+
+def test_file_names_in_other_scripts_stay_distinct():
+    # gcin-voice names its folders by Bopomofo syllable: "_" for each would make them collide.
+    names = {safe_name(f"{syllable}/3.ogg") for syllable in ("ㄊㄢ3", "ㄊㄢ4", "ㄅㄚ1", "ㄅㄚ2")}
+    assert len(names) == 4 and all(n.isascii() and n.endswith("__3") for n in names)
+    assert safe_name("animals/frog desc (1).ogg") == "animals__frog_desc__1_"  # ASCII as before
 
 
 def test_every_default_source_is_unambiguous():

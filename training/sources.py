@@ -83,6 +83,11 @@ SOURCES: tuple[Source, ...] = (
         ("pt-br", "pt_BR"), ("ru", "ru"), ("pl", "pl"), ("nl", "nl"), ("sv", "sv"),
         ("fi", "fi"), ("hu", "hu")), target_minutes=26),
     _music("warzone2100-music", "usr/share/games/warzone2100/music", "GPL-2+", ("**/*.opus",)),
+    # Mandarin syllables in all four tones, two voices under different licenses (per the copyright file).
+    Source("gcin-voice-liu", "gcin-voice", "speech", "GPL-3", "usr/share/gcin-voice/ogg", ("*/3.ogg",),
+           default_group="zh-liu"),
+    Source("gcin-voice-chu", "gcin-voice", "speech", "CC-BY-3.0", "usr/share/gcin-voice/ogg", ("*/5.ogg",),
+           default_group="zh-chu"),
     Source("hedgewars-music", "hedgewars-data", "music", "GPL-2",
            "usr/share/games/hedgewars/Data/Music", ("**/*.ogg",), default_group="hedgewars-music"),
     _music("drascula-music", "usr/share/scummvm/drascula", "LicenseRef-Drascula",
@@ -121,7 +126,10 @@ def split_for(source: Source, group: str) -> str:
 
 
 def safe_name(rel_path: str) -> str:
+    """A file name for the converted copy: "/" -> "__", non-ASCII letters -> their code point (so
+    folders named in other scripts stay distinct), other unsafe characters -> "_"."""
     stem = str(Path(rel_path).with_suffix("")).replace("/", "__")
+    stem = "".join(f"u{ord(c):04x}" if ord(c) > 127 else c for c in stem)
     return re.sub(r"[^A-Za-z0-9._@+-]", "_", stem)
 
 
