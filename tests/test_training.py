@@ -346,3 +346,15 @@ def test_validation_reports_pesq_stoi_and_a_quality_score(tiny_corpus):
     assert set(pesq) == set(stoi) == set(result["mel_distance"])
     expected = sum(pesq.values()) / len(pesq) + STOI_WEIGHT * sum(stoi.values()) / len(stoi)
     assert result["quality"] == pytest.approx(expected, abs=1e-3)
+    # Standard errors over the clips: the spread of the per-clip scores over sqrt(clips).
+    import numpy as np
+    from training.metrics import stoi as stoi_of
+
+    se = result["standard_error"]
+    assert set(se["pesq_wb"]) == set(pesq) and all(v > 0 for v in se["pesq_wb"].values())
+    levels = model.config.levels_for_bitrate(3.0)
+    per_clip = []
+    for wav in clips:
+        decoded = model.decode(model.encode(wav, levels))[..., : wav.shape[-1]].float()
+        per_clip.append(stoi_of(wav.reshape(-1).double().numpy(), decoded.reshape(-1).detach().double().numpy()))
+    assert se["stoi"]["3.0kbps"] == pytest.approx(np.std(per_clip, ddof=1) / np.sqrt(len(per_clip)), abs=2e-4)

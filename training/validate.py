@@ -3,7 +3,8 @@ codebook usage, on held-out speech.
 
 `quality` condenses PESQ and STOI into the one number that picks the best checkpoint:
 mean PESQ over the bitrates + 10 x mean STOI, so a 0.01 STOI change weighs like 0.1 PESQ (about
-the spread between the codecs we compare against on each).
+the spread between the codecs we compare against on each). `standard_error` gives each PESQ and
+STOI mean's standard error over the clips, to tell a real change from noise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def _pooled(values: list[tuple[float | None, int]]) -> float | None:
     return round(sum(v * w for v, w in kept) / sum(w for _, w in kept), 4) if kept else None
 
 
+def _standard_error(values: list[tuple[float | None, int]]) -> float | None:
+    """Standard error of the mean over clips (unweighted): how far a change must go to be real."""
+    kept = [v for v, _ in values if v is not None]
+    return round(float(np.std(kept, ddof=1) / np.sqrt(len(kept))), 4) if len(kept) > 1 else None
+
+
 @torch.no_grad()
 def validate(model: CodecModel, clips: list[torch.Tensor], perceptual: bool = True) -> dict:
     """clips: list of [1, 1, T] at the model's rate. Returns JSON-able metrics; with
@@ -34,7 +41,7 @@ def validate(model: CodecModel, clips: list[torch.Tensor], perceptual: bool = Tr
     device = next(model.parameters()).device
     config = model.config
     perceptual = perceptual and config.sample_rate == 16000
-    result: dict = {"mel_distance": {}, "pesq_wb": {}, "stoi": {}}
+    result: dict = {"mel_distance": {}, "pesq_wb": {}, "stoi": {}, "standard_error": {"pesq_wb": {}, "stoi": {}}}
     all_codes = []
     for kbps in BITRATES_KBPS:
         levels = config.levels_for_bitrate(kbps)
@@ -55,6 +62,8 @@ def validate(model: CodecModel, clips: list[torch.Tensor], perceptual: bool = Tr
         result["mel_distance"][key] = _pooled(mel)
         if perceptual:
             result["pesq_wb"][key], result["stoi"][key] = _pooled(pesq_values), _pooled(stoi_values)
+            result["standard_error"]["pesq_wb"][key] = _standard_error(pesq_values)
+            result["standard_error"]["stoi"][key] = _standard_error(stoi_values)
     if perceptual and None not in result["pesq_wb"].values() and None not in result["stoi"].values():
         result["quality"] = round(float(np.mean(list(result["pesq_wb"].values())))
                                   + STOI_WEIGHT * float(np.mean(list(result["stoi"].values()))), 4)
