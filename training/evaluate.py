@@ -336,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--also", nargs=3, action="append", default=[], metavar=("NAME", "MANIFEST", "SPLIT"),
                         help="another held-out set scored in the same run with the same systems and options (--kind included), "
                              "reported on its own and written to OUT/NAME; repeatable")
+    parser.add_argument("--also-max-minutes", type=float,
+                        help="--max-minutes for the --also sets (default: the same as the main set's)")
     parser.add_argument("--out", default="docs/eval")
     return parser.parse_args(argv)
 
@@ -344,7 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sets = [(args.manifest or args.folder, args)] + [
         (name, argparse.Namespace(**{**vars(args), "manifest": manifest, "folder": None, "split": split,
-                                      "out": str(Path(args.out) / name), "usage_whole_split": False}))
+                                      "out": str(Path(args.out) / name), "usage_whole_split": False,
+                                      "max_minutes": args.max_minutes if args.also_max_minutes is None
+                                      else args.also_max_minutes}))
         for name, manifest, split in args.also
     ]
     for name, set_args in sets:
