@@ -328,3 +328,15 @@ def test_a_second_held_out_set_is_scored_in_the_same_run_and_reported_on_its_own
     printed = capsys.readouterr().out
     assert "held-out set clean (val)" in printed
     assert printed.count("targets:") == 2 and "NOT MET" in printed  # no baselines: nothing to beat
+
+
+def test_baseline_settings_can_be_chosen(monkeypatch):
+    from training import baselines
+
+    monkeypatch.setattr(baselines, "missing_tools", lambda: {"opus": [], "codec2": []})
+    systems = baselines.build_systems(None, [], opus_kbps=(6.0,), codec2_modes=(3200,))
+    assert [(s.family, s.setting) for s in systems] == [("opus", "6 kbps"), ("codec2", "mode 3200")]
+    default = baselines.build_systems(None, [])
+    assert [s.setting for s in default if s.family == "opus"] == [f"{k:g} kbps" for k in baselines.OPUS_KBPS]
+    args = evaluate.parse_args(["--folder", ".", "--opus-kbps", "6,8", "--codec2-modes", "1600"])
+    assert args.opus_kbps == (6.0, 8.0) and args.codec2_modes == (1600,)

@@ -118,16 +118,16 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 class Opus(System):
     family = "opus"
 
-    def __init__(self, kbps: int):
+    def __init__(self, kbps: float):
         self.kbps = kbps
-        self.setting = f"{kbps} kbps"
+        self.setting = f"{kbps:g} kbps"
         self.nominal_kbps = float(kbps)
 
     def run(self, audio: np.ndarray) -> SystemOutput:
         with tempfile.TemporaryDirectory(prefix="eval-opus-") as tmp:
             wav, opus, out = Path(tmp, "in.wav"), Path(tmp, "out.opus"), Path(tmp, "out.wav")
             sf.write(wav, _to_int16(audio), SAMPLE_RATE, subtype="PCM_16")
-            _run(["opusenc", "--bitrate", str(self.kbps), "--quiet", str(wav), str(opus)])
+            _run(["opusenc", "--bitrate", f"{self.kbps:g}", "--quiet", str(wav), str(opus)])
             _run(["opusdec", "--rate", str(SAMPLE_RATE), "--quiet", str(opus), str(out)])
             data = opus.read_bytes()
             decoded, rate = sf.read(out, dtype="float32", always_2d=True)
@@ -204,9 +204,10 @@ def missing_tools() -> dict[str, list[str]]:
 def build_systems(
     codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print,
     entropy_bitrates: list[float] = (), prior: TokenPrior | None = None, pitch_bitrates: list[float] = (),
+    opus_kbps: tuple[float, ...] = OPUS_KBPS, codec2_modes: tuple[int, ...] = CODEC2_MODES,
 ) -> list[System]:
     """Our codec at each bitrate (one per distinct number of levels), entropy-coded with `prior`
-    at each of `entropy_bitrates`, then the baselines found."""
+    at each of `entropy_bitrates`, then the baselines found at their settings."""
     systems: list[System] = []
     if codec is not None:
         seen: dict[int, float] = {}
@@ -227,9 +228,9 @@ def build_systems(
     if missing["opus"]:
         warn(f"warning: {', '.join(missing['opus'])} not found; Opus skipped (apt-get install opus-tools)")
     else:
-        systems += [Opus(kbps) for kbps in OPUS_KBPS]
+        systems += [Opus(kbps) for kbps in opus_kbps]
     if missing["codec2"]:
         warn(f"warning: {', '.join(missing['codec2'])} not found; Codec2 skipped (apt-get install codec2)")
     else:
-        systems += [Codec2(mode) for mode in CODEC2_MODES]
+        systems += [Codec2(mode) for mode in codec2_modes]
     return systems

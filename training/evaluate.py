@@ -44,7 +44,7 @@ from codec import Codec
 from codec.prior_api import TokenPrior
 from codec.usage import LevelUsage, codebook_usage
 from training import perceptual, plots, targets
-from training.baselines import SAMPLE_RATE, System, build_systems
+from training.baselines import CODEC2_MODES, OPUS_KBPS, SAMPLE_RATE, System, build_systems
 from training.data import read_manifest
 from training.metrics import score, shift, system_delay
 from training.results import FileResult, Row, bandwidth_note, format_table, summarize, write_csv
@@ -151,14 +151,15 @@ _worker_systems: list[System] = []
 
 def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool, use_codec: bool,
                  threads: int, entropy_bitrates: list[float] = (), prior_checkpoint: str | None = None,
-                 pitch_bitrates: list[float] = ()) -> None:
+                 pitch_bitrates: list[float] = (), opus_kbps=OPUS_KBPS, codec2_modes=CODEC2_MODES) -> None:
     global _worker_systems
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint) if use_codec else None
     needs_prior = (entropy_bitrates or pitch_bitrates) and codec is not None
     prior = load_prior(prior_checkpoint, codec) if needs_prior else None
     _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None,
-                                    entropy_bitrates=entropy_bitrates, prior=prior, pitch_bitrates=pitch_bitrates)
+                                    entropy_bitrates=entropy_bitrates, prior=prior, pitch_bitrates=pitch_bitrates,
+                                    opus_kbps=opus_kbps, codec2_modes=codec2_modes)
 
 
 def load_prior(path: str | None, codec: Codec) -> TokenPrior:
@@ -234,7 +235,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     needs_prior = (args.entropy_bitrates or args.pitch_bitrates) and codec is not None
     prior = load_prior(args.prior, codec) if needs_prior else None
     systems = build_systems(codec, args.bitrates, not args.no_baselines,
-                            entropy_bitrates=args.entropy_bitrates, prior=prior, pitch_bitrates=args.pitch_bitrates)
+                            entropy_bitrates=args.entropy_bitrates, prior=prior, pitch_bitrates=args.pitch_bitrates,
+                            opus_kbps=args.opus_kbps, codec2_modes=args.codec2_modes)
     if not systems:
         raise SystemExit("nothing to evaluate: no codec and no baselines")
     files = list_files(args)
@@ -253,7 +255,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         pool = ProcessPoolExecutor(
             args.jobs, multiprocessing.get_context("spawn"), _init_worker,
             (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads,
-             args.entropy_bitrates, args.prior, args.pitch_bitrates),
+             args.entropy_bitrates, args.prior, args.pitch_bitrates, args.opus_kbps, args.codec2_modes),
         )
         futures = [pool.submit(_evaluate_in_worker, f, delays, args.perceptual) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
@@ -308,6 +310,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entropy-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also our codec at these kbps with its tokens entropy-coded by the prior "
                              "(charged the bytes of `codec encode --entropy`'s file)")
+    parser.add_argument("--opus-kbps", type=lambda s: tuple(float(x) for x in s.split(",")), default=OPUS_KBPS,
+                        help="Opus bitrates (kbps), comma-separated")
+    parser.add_argument("--codec2-modes", type=lambda s: tuple(int(x) for x in s.split(",")), default=CODEC2_MODES,
+                        help="Codec2 modes (bit/s), comma-separated")
     parser.add_argument("--pitch-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also our codec at these kbps entropy-coded with the pitch side stream "
                              "(charged the bytes of `codec encode --entropy --pitch`'s file)")
