@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-METRICS = {"pesq_wb": 1, "stoi": 1, "si_sdr": 1, "mel_distance": -1}  # +1: higher is better
+METRICS = {"pesq_wb": 1, "stoi": 1, "si_sdr": 1, "mel_distance": -1,  # +1: higher is better
+           "dnsmos_ovrl": 1, "spk_sim": 1}  # (per-file dWER is too noisy to pair: pooled in summaries)
 
 
 @dataclass(frozen=True)
