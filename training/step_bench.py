@@ -5,7 +5,9 @@
         -- --init_from codec/assets/codec.safetensors --freeze encoder,quantizer --adversarial true
 
 Everything after `--` is a training.train override shared by every variant; each `--variant NAME
-ARGS` adds its own overrides. Batches are crops of the manifest's training split when
+ARGS` adds its own overrides; `--compile NAME model,discriminator` runs those modules of the
+trainer (model, model.encoder, discriminator, ...) under torch.compile in variant NAME, which
+compiles during its warm-up steps. Batches are crops of the manifest's training split when
 `--manifest` names one that exists, otherwise seeded noise bursts (the step's cost does not depend
 on the content, except the PESQ loss's, a little). The first `--warmup` steps of each variant are
 not counted (allocator and oneDNN kernel caches). Run it on an idle machine: a training job on
@@ -35,7 +37,7 @@ def noise_bursts(batch: int, samples: int, generator: torch.Generator) -> torch.
     return 0.1 * noise * envelope
 
 
-def time_variant(overrides: list[str], steps: int, warmup: int) -> list[float]:
+def time_variant(overrides: list[str], steps: int, warmup: int, compiled: list[str]) -> list[float]:
     config = parse_config(overrides)
     torch.manual_seed(config.seed)
     model_config = model_config_for(config)
@@ -43,6 +45,12 @@ def time_variant(overrides: list[str], steps: int, warmup: int) -> list[float]:
     if config.init_from:
         warm_start(trainer.model, config.init_from, announce=False)
     trainer.model.train()
+    for path in compiled:
+        # Inductor compiles on the first calls (the warm-up steps), for each new input shape.
+        module = trainer
+        for name in path.split("."):
+            module = getattr(module, name)
+        module.compile()
     segment = int(config.segment_seconds * model_config.sample_rate)
     generator = torch.Generator().manual_seed(0)
     try:
@@ -71,14 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="append", nargs=2, metavar=("NAME", "MODULES"), default=[],
+                        help="variant NAME runs these trainer modules (comma-separated: model, model.encoder, discriminator) under torch.compile")
     args = parser.parse_args(own)
+    compiled = {name: modules.split(",") for name, modules in args.compile}
     torch.set_num_threads(args.threads)
     variants = args.variant or [("shared", "")]
     print(f"threads {args.threads}, {args.steps} timed steps after {args.warmup}; shared: {' '.join(shared)}")
     print("| variant | ms/step median | min | max |")
     print("|---|---|---|---|")
     for name, extra in variants:
-        times = time_variant(shared + shlex.split(extra), args.steps, args.warmup)
+        times = time_variant(shared + shlex.split(extra), args.steps, args.warmup, compiled.get(name, []))
         print(f"| {name} | {1000 * statistics.median(times):.0f} | {1000 * min(times):.0f} | {1000 * max(times):.0f} |", flush=True)
 
 
