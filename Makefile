@@ -16,14 +16,14 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m codec.bench --threads 2 --hour
+	$(VENV)/bin/python -m bench.speed --threads 2 --hour
 
 .PHONY: serve loadtest docker-lint
 serve: $(STAMP)
 	$(VENV)/bin/uvicorn --factory server.app:create_app --host 0.0.0.0 --port 8000
 
 loadtest: $(STAMP)
-	$(VENV)/bin/python -m server.loadtest
+	$(VENV)/bin/python -m bench.loadtest
 
 docker-lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile

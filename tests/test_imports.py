@@ -7,7 +7,7 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ("codec", "server", "training")
+PACKAGES = ("codec", "server", "training", "bench")
 MODULES = [
     name
     for package in PACKAGES

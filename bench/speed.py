@@ -1,6 +1,6 @@
 """Speed and memory benchmark of the codec on CPU, side by side with EnCodec's 24 kHz architecture.
 
-    python -m codec.bench --threads 2 [--checkpoint PATH] [--hour] [--prior [PATH]]
+    python -m bench.speed --threads 2 [--checkpoint PATH] [--hour] [--prior [PATH]]
 
 Prints encode and decode real-time factors (seconds of audio per second of compute) for a 10 s
 clip at batch 1 and batch 16, the same for EnCodec (random weights: only the architecture is

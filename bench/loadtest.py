@@ -1,8 +1,8 @@
 """Load benchmark: the server over loopback at a fixed arrival rate, with batching on and off.
 
-    python -m server.loadtest --rates 2,4,8 --duration 20          # bundled model
-    python -m server.loadtest --random-weights --threads 2          # before a model is bundled
-    python -m server.loadtest --url http://host:8000 --rates 4      # a server already running
+    python -m bench.loadtest --rates 2,4,8 --duration 20          # bundled model
+    python -m bench.loadtest --random-weights --threads 2          # before a model is bundled
+    python -m bench.loadtest --url http://host:8000 --rates 4      # a server already running
 
 An open model: request i is sent at i / rate whatever happened to the earlier ones, and its
 latency counts from that moment, so a slow server shows up as latency instead of as a gentler
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     on, off = tables["batching on"], tables["batching off"]
     gain = max(r.audio_per_second for r in on) / max(r.audio_per_second for r in off)
     print(f"batching gain (best throughput, on / off): {gain:.2f}x")
+
 
 if __name__ == "__main__":
     main()

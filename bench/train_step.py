@@ -1,6 +1,6 @@
 """Time the training step as training.train runs it, in several set-ups, and print ms per step.
 
-    python -m training.step_bench --threads 2 --steps 6 \\
+    python -m bench.train_step --threads 2 --steps 6 \\
         --variant fp32 "--precision fp32" --variant bf16 "--precision bf16" \\
         -- --init_from codec/assets/codec.safetensors --freeze encoder,quantizer --adversarial true
 
