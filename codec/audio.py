@@ -1,5 +1,5 @@
 """Audio in and out: reading any soundfile-supported file in bounded memory, checking it, and
-converting it to the model's sample rate and a single channel.
+converting it to the model's sample rate and a single channel; writing 16-bit WAV or FLAC.
 
 `AudioSource` is what the windowed encoder reads from: it serves any span of the converted signal
 on request, so an hour-long file is never held in memory at once. A file source resamples each
@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -180,7 +182,73 @@ def open_audio(file: str | Path | BinaryIO | bytes, target_rate: int) -> FileSou
     return FileSource(file, target_rate)
 
 
-def write_audio(file: str | Path | BinaryIO, wav: torch.Tensor, sample_rate: int, format: str = "WAV") -> None:
-    """Write mono wav [1, T] (or [T]) as 16-bit PCM."""
-    data = wav.detach().reshape(-1).clamp(-1, 1).cpu().numpy()
-    sf.write(file, data, sample_rate, format=format, subtype="PCM_16")
+def write_audio(file: str | Path | BinaryIO, wav: torch.Tensor | np.ndarray, sample_rate: int, format: str = "wav") -> None:
+    """Write mono wav [1, T] (or [T]) to a path or binary file as 16-bit WAV or FLAC."""
+    samples = _samples(wav)
+    if isinstance(file, (str, Path)):
+        with open(file, "wb") as handle:
+            write_pieces(handle, [samples], sample_rate, len(samples), format)
+    else:
+        write_pieces(file, [samples], sample_rate, len(samples), format)
+
+
+def write_pieces(
+    out: BinaryIO, pieces: Iterable[torch.Tensor | np.ndarray], sample_rate: int, num_samples: int, format: str = "wav"
+) -> None:
+    """Write consecutive mono pieces [1, L], num_samples in all, to `out` as 16-bit WAV or FLAC,
+    one piece at a time, so that a long decoding streams (WAV to a pipe too). The one 16-bit
+    writer of the package: samples are clipped to [-1, 1] and converted by libsndfile.
+
+    It runs NumPy and libsndfile, no PyTorch op, so that it may run outside the server's model
+    thread (see server.engine)."""
+    fmt = format.lower()
+    if fmt == "wav":
+        # The length is known up front, so the header goes first and the samples stream after it.
+        out.write(_wav_header(num_samples, sample_rate))
+        written = 0
+        for piece in pieces:
+            samples = _samples(piece)
+            out.write(_pcm16(samples, sample_rate))
+            written += len(samples)
+        if written != num_samples:
+            raise ValueError(f"the WAV header announced {num_samples} samples, the pieces held {written}")
+        return
+    if fmt != "flac":
+        raise ValueError(f"unsupported audio format {format!r}: wav or flac")
+    # libsndfile seeks back to the start to finish a FLAC file: anything else than a seekable
+    # file at its start (a pipe) gets it from memory once complete.
+    target = out if _at_seekable_start(out) else io.BytesIO()
+    with sf.SoundFile(target, "w", sample_rate, 1, format="FLAC", subtype="PCM_16") as flac:
+        for piece in pieces:
+            flac.write(_samples(piece))
+    if target is not out:
+        out.write(target.getvalue())
+
+
+def _samples(wav: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Mono samples [T] float32, clipped to [-1, 1]."""
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().numpy()
+    return np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+
+
+def _pcm16(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Little-endian 16-bit PCM, converted by libsndfile exactly as in a WAV or FLAC file it writes."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buffer.getvalue()
+
+
+def _wav_header(num_samples: int, sample_rate: int) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV file (as libsndfile writes it)."""
+    data_bytes = num_samples * 2
+    return b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16
+    ) + b"data" + struct.pack("<I", data_bytes)
+
+
+def _at_seekable_start(file: BinaryIO) -> bool:
+    try:
+        return file.seekable() and file.tell() == 0
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import struct
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -96,17 +94,6 @@ def _read_encoded(args, codec):
     return codec.from_bytes(data, _load_prior(args, codec) if entropy_coded else None)
 
 
-def _wav_header(num_samples: int, sample_rate: int) -> bytes:
-    data_bytes = num_samples * 2
-    return b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16
-    ) + b"data" + struct.pack("<I", data_bytes)
-
-
-def _pcm16(piece) -> bytes:
-    return (piece.clamp(-1, 1) * 32767).round().short().numpy().astype("<i2").tobytes()
-
-
 def cmd_decode(args) -> None:
     codec = _load_codec(args)
     encoded = _read_encoded(args, codec)
@@ -119,25 +106,13 @@ def cmd_decode(args) -> None:
 
 def _write_audio(args, codec, pieces, num_samples: int) -> None:
     """Stream waveform pieces [1, L] to args.output as 16-bit WAV or FLAC."""
+    from codec.audio import write_pieces
+
     fmt = (getattr(args, "format", None) or Path(args.output).suffix.lstrip(".") or "wav").lower()
     if fmt not in ("wav", "flac"):
         raise CodecError(f"unsupported output format {fmt!r}: use .wav or .flac")
     with _output(args.output) as out:
-        if fmt == "wav":
-            # The length is known up front, so the WAV header can be written first and the
-            # samples streamed after it, to a file or a pipe alike.
-            out.write(_wav_header(num_samples, codec.sample_rate))
-            for piece in pieces:
-                out.write(_pcm16(piece))
-            return
-        import soundfile as sf
-
-        buffer = io.BytesIO() if args.output == "-" else out
-        with sf.SoundFile(buffer, "w", codec.sample_rate, 1, format="FLAC", subtype="PCM_16") as f:
-            for piece in pieces:
-                f.write(piece.reshape(-1).clamp(-1, 1).numpy())
-        if buffer is not out:
-            out.write(buffer.getvalue())
+        write_pieces(out, pieces, codec.sample_rate, num_samples, fmt)
 
 
 def _read_file(path: str) -> bytes:

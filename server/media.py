@@ -7,13 +7,12 @@ import io
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import numpy as np
-import soundfile as sf
 import torch
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from codec import Codec
+from codec.audio import write_audio
 from server.errors import ApiError
 from server.schemas import Tokens
 
@@ -48,9 +47,7 @@ def audio_format(request: Request, requested: str | None) -> str:
 
 def _encode_audio(wav: torch.Tensor, sample_rate: int, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    # NumPy, not PyTorch: this runs outside the model thread (see server.engine).
-    data = np.clip(wav.reshape(-1).numpy(), -1.0, 1.0)
-    sf.write(buffer, data, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    write_audio(buffer, wav, sample_rate, fmt)  # no PyTorch op: this runs outside the model thread
     return buffer.getvalue()
 
 
