@@ -11,6 +11,7 @@ from codec.api import Codec, EncodedAudio
 from codec.config import CodecConfig, DecoderConfig, EncoderConfig, QuantizerConfig
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from codec.model import CodecModel, build_model
+from codec.pitchcode import PitchTrack
 
 __all__ = [
     "Codec",
@@ -22,6 +23,7 @@ __all__ = [
     "EncodedAudio",
     "EncoderConfig",
     "InvalidAudioError",
+    "PitchTrack",
     "QuantizerConfig",
     "build_model",
 ]

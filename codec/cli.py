@@ -80,8 +80,7 @@ def _load_prior(args, codec):
     from codec.prior_api import TokenPrior
 
     prior = TokenPrior.load(args.prior)
-    if reason := prior.mismatch(codec):
-        raise CodecError(reason)
+    codec.check_prior(prior)
     return prior
 
 
@@ -89,9 +88,9 @@ def _read_encoded(args, codec):
     """An EncodedAudio from a packed or entropy-coded file (the header says which; only the
     second needs the prior)."""
     source = _read_input(args.input)
-    data = source if isinstance(source, bytes) else _read_file(source)
-    entropy_coded = bitstream.read_stream(data).header.codes_coding == "entropy"
-    return codec.from_bytes(data, _load_prior(args, codec) if entropy_coded else None)
+    stream = codec.read_stream(source if isinstance(source, bytes) else _read_file(source))
+    entropy_coded = stream.header.codes_coding == "entropy"
+    return codec.from_stream(stream, _load_prior(args, codec) if entropy_coded else None)
 
 
 def cmd_decode(args) -> None:

@@ -1,5 +1,8 @@
 """The models behind the routes: input checks, batched model calls, and the prior.
 
+The model work itself is the `Codec`'s (`encode_batch`, `decode_batch`, `pitch_track`, the file
+format); this module adds what serving needs: limits, queues, threads and HTTP errors.
+
 All model work runs in one executor thread, one batch at a time, so that the event loop stays
 free and batches never compete for the same cores (or GPU). So does every other PyTorch operation
 of a request (reading and resampling its audio): a parallel PyTorch op on any other thread gives
@@ -7,11 +10,12 @@ that thread an OpenMP team of its own, and with more OpenMP threads than cores l
 letting its workers spin between parallel regions, which made every model call ~30% slower
 (measured: 41 ms when one thread runs all PyTorch work, 54 ms when another thread has run some).
 
-Inputs up to `batch_max_seconds` are batched: items are zero-padded to the longest in their
-length bucket and cropped afterwards. The padding is silence the model sees past an item's end, so the codes of its last few frames
-(within the encoder's receptive field) can differ from those of an unbatched call; set
-`max_batch_size=1` for bit-exact reproducibility. Longer inputs run alone, through the codec's
-windowed encoder and decoder, in bounded memory.
+Inputs up to `batch_max_seconds` are batched by length bucket, and the codec pads each batch
+to its longest item: the padding is silence the model sees past an item's end, so the codes of
+its last few frames (within the encoder's receptive field) can differ from those of an unbatched
+call; set `max_batch_size=1` for bit-exact reproducibility. Longer inputs run alone (their audio
+read from the request's bytes window by window), and the codec takes anything longer than its
+window (`Codec.window_frames`) through the model window by window, in bounded memory.
 """
 
 from __future__ import annotations
@@ -24,16 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-
 from starlette.concurrency import run_in_threadpool
 
-from codec import Codec, bitstream
-from codec.api import EncodedAudio
-from codec.audio import FileSource, TensorSource, open_audio
-from codec.errors import CodecError, InvalidAudioError
-from codec.pitchcode import PitchTrack, analyse_source, decoder_pitch
-from codec.windowing import decode_windows, encode_source
+from codec import Codec, EncodedAudio, PitchTrack
+from codec.audio import FileSource, open_audio
+from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable
 from server.metrics import Metrics
@@ -138,16 +137,17 @@ class CodecEngine:
         """The codec's binary file, packed or entropy-coded -> a DecodeJob; CorruptStreamError
         (400) if it is damaged. Its size is checked from the header before any entropy decoding,
         which runs in the model's thread (the range coder pins PyTorch to one thread meanwhile)."""
-        header = (await run_in_threadpool(bitstream.read_stream, data)).header
+        stream = await run_in_threadpool(self.codec.read_stream, data)
+        header = stream.header
         if header.num_frames == 0:
             raise unprocessable("stream has no frames")
         if header.num_frames > self.max_frames:
             raise too_large(f"stream holds {header.num_frames} frames; at most {self.max_frames} are accepted")
         if header.codes_coding == "packed":
-            encoded = await run_in_threadpool(self.codec.from_bytes, data)
+            encoded = await run_in_threadpool(self.codec.from_stream, stream)
         else:
             prior = self.require_prior()
-            encoded = await self._in_model_thread("stream not entropy-decoded", self.codec.from_bytes, data, prior)
+            encoded = await self._in_model_thread("stream not entropy-decoded", self.codec.from_stream, stream, prior)
         return DecodeJob(encoded.codes[0], encoded.num_samples, encoded.pitch[0] if encoded.pitch else None)
 
     def open_audio(self, data: bytes, bitrate: float | None) -> AudioJob:
@@ -164,7 +164,7 @@ class CodecEngine:
         seconds = source.input_frames / source.input_rate
         if seconds > s.max_audio_seconds:
             raise too_large(f"audio lasts {seconds:.1f} s; at most {s.max_audio_seconds:g} s are accepted")
-        if self.codec.model.num_frames(source.num_samples) > self.max_batch_frames:
+        if self.codec.num_frames(source.num_samples) > self.max_batch_frames:
             return AudioJob(levels, source.num_samples, None, source)
         step = int(READ_SECONDS * self.codec.sample_rate)
         with source.file:
@@ -179,17 +179,16 @@ class CodecEngine:
             raise unprocessable(str(error)) from None
 
     async def pitch_track(self, job: AudioJob, data: bytes) -> PitchTrack:
-        """The pitch side stream of an encoded job (`codec.pitchcode`), read from its samples in
+        """The pitch side stream of an encoded job (`Codec.pitch_track`), read from its samples in
         memory or, for a long input, from the audio bytes again window by window."""
         self.check_pitch_capable()
         if job.wav is not None:
-            source = TensorSource(job.wav, self.codec.sample_rate, self.codec.sample_rate)
-            return await run_in_threadpool(analyse_source, source, self.codec.config, self.codec.window_frames)
+            return await run_in_threadpool(self.codec.pitch_track, job.wav)
         source = open_audio(data, self.codec.sample_rate)
 
         def analyse() -> PitchTrack:
             with source.file:
-                return analyse_source(source, self.codec.config, self.codec.window_frames)
+                return self.codec.pitch_track(source)
 
         return await run_in_threadpool(analyse)
 
@@ -201,33 +200,30 @@ class CodecEngine:
             raise ApiError(422, f"{error}; offered: {offered} kbps", "invalid_bitrate") from None
 
     def check_codes(self, codes: Sequence[Sequence[int]], num_samples: int | None, what: str = "codes") -> DecodeJob:
-        """Token rows [K][N] from JSON -> a DecodeJob, or a 422 naming the problem."""
-        q = self.codec.config.quantizer
-        hop = self.codec.config.hop_length
-        if not 1 <= len(codes) <= q.num_levels:
-            raise unprocessable(f"{what} must have 1 to {q.num_levels} rows (levels), got {len(codes)}")
-        frames = len(codes[0])
+        """Token rows [K][N] from JSON -> a DecodeJob; a 413 if they are too long for this
+        server, a 422 naming the problem if they are not the model's (`Codec.check_codes`)."""
+        frames = len(codes[0]) if codes else 0
         if any(len(row) != frames for row in codes):
             raise unprocessable(f"{what} rows must all have the same length; got lengths {sorted({len(r) for r in codes})}")
         if frames == 0:
             raise unprocessable(f"{what} have no frames")
         if frames > self.max_frames:
             raise too_large(f"{what} hold {frames} frames; at most {self.max_frames} are accepted")
-        low, high = min(min(row) for row in codes), max(max(row) for row in codes)
-        if low < 0 or high >= q.codebook_size:
-            raise unprocessable(f"{what} must be in [0, {q.codebook_size}), got values in [{low}, {high}]")
         if num_samples is None:
-            num_samples = frames * hop
-        elif -(-num_samples // hop) != frames:
-            raise unprocessable(f"num_samples {num_samples} needs {-(-num_samples // hop)} frames, {what} have {frames}")
-        return DecodeJob(torch.tensor(codes, dtype=torch.long), num_samples)
+            num_samples = frames * self.codec.config.hop_length
+        tensor = _code_tensor(codes)
+        try:
+            self.codec.check_codes(tensor, num_samples, what)
+        except CorruptStreamError as error:
+            raise unprocessable(str(error)) from None
+        return DecodeJob(tensor, num_samples)
 
     # Model calls (awaited on the event loop, run in the executor).
 
     async def encode(self, job: AudioJob, expected: Expected | None = None) -> torch.Tensor:
         """-> codes [K, N]; `expected`: the announcement of this job (DynamicBatcher.expecting)."""
         alone = job.source is not None
-        frames = self.codec.model.num_frames(job.num_samples)
+        frames = self.codec.num_frames(job.num_samples)
         codes = await self.encoder.submit((job.num_levels, length_bucket(frames)), job, self.timeout, alone, expected)
         self.metrics.audio_seconds.labels("encode").inc(job.num_samples / self.codec.sample_rate)
         return codes
@@ -247,26 +243,15 @@ class CodecEngine:
         return codes
 
     def _encode_batch(self, key: Hashable, jobs: Sequence[AudioJob]) -> list[torch.Tensor]:
-        model, levels = self.codec.model, jobs[0].num_levels
-        if jobs[0].source is not None:
+        levels = jobs[0].num_levels  # one per batch: it is part of the key
+        if jobs[0].source is not None:  # a long input, alone in its batch
             with jobs[0].source.file:
-                return [encode_source(model, jobs[0].source, levels, self.codec.window_frames)]
-        longest = max(job.num_samples for job in jobs)
-        batch = torch.stack([F.pad(job.wav, (0, longest - job.num_samples)) for job in jobs])  # [B, 1, T]
-        codes = model.encode(batch.to(self.codec.device), levels).cpu()  # [B, K, N]
-        return [codes[i, :, : model.num_frames(job.num_samples)].clone() for i, job in enumerate(jobs)]
+                return self.codec.encode_batch([jobs[0].source], levels)
+        return self.codec.encode_batch([job.wav for job in jobs], levels)
 
     def _decode_batch(self, key: Hashable, jobs: Sequence[DecodeJob]) -> list[torch.Tensor]:
-        model = self.codec.model
-        if jobs[0].codes.shape[-1] > self.max_batch_frames or jobs[0].pitch is not None:
-            job = jobs[0]
-            pitch = None if job.pitch is None else decoder_pitch(job.pitch, self.codec.sample_rate, model.config.decoder.upsample)
-            return [torch.cat(list(decode_windows(model, job.codes, job.num_samples, self.codec.window_frames,
-                                                  pitch=pitch)), dim=-1)]
-        longest = max(job.codes.shape[-1] for job in jobs)
-        codes = torch.stack([F.pad(job.codes, (0, longest - job.codes.shape[-1])) for job in jobs])  # [B, K, N]
-        wav = model.decode(codes.to(self.codec.device)).float().cpu()  # [B, 1, N * hop]
-        return [wav[i, :, : job.num_samples].clone() for i, job in enumerate(jobs)]
+        return self.codec.decode_batch([job.codes for job in jobs], [job.num_samples for job in jobs],
+                                       [job.pitch for job in jobs])
 
     def _sample_batch(self, key: Hashable, jobs: Sequence[SampleJob]) -> list[torch.Tensor]:
         job = jobs[0]
@@ -279,8 +264,18 @@ class CodecEngine:
 
     def warmup(self) -> None:
         """One small batch through encoder and decoder (and the prior), so the first request is not slow."""
-        second = torch.zeros(2, 1, self.codec.sample_rate)
-        codes = self.codec.model.encode(second.to(self.codec.device))
-        self.codec.model.decode(codes)
+        second = torch.zeros(1, self.codec.sample_rate)
+        codes = self.codec.encode_batch([second, second])
+        self.codec.decode_batch(codes, [self.codec.sample_rate] * 2)
         if self.prior is not None:
             self.prior.sample(2 / self.prior.frame_rate, seed=0)
+
+
+def _code_tensor(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Token rows [K][N] -> codes [K, N] int64; a value beyond int64 (out of range for any
+    codebook) is clipped to it, so that the codec's check reports it."""
+    try:
+        return torch.tensor(rows, dtype=torch.long)
+    except (OverflowError, RuntimeError, ValueError):
+        bound = 2**63 - 1
+        return torch.tensor([[max(-bound, min(value, bound)) for value in row] for row in rows], dtype=torch.long)
