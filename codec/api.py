@@ -45,7 +45,7 @@ class EncodedAudio:
     sample_rate: int  # the model's rate
     model_id: str
     # A pitch side stream per batch item (codec.pitchcode), sent beside the codes so that a
-    # harmonic decoder head takes the input's f0; None: the head predicts its own.
+    # decoder head takes the input's f0; None: the head predicts its own.
     pitch: list[PitchTrack] | None = None
 
     @property
@@ -118,7 +118,6 @@ class Codec:
         if not 0 < sample_rate <= 768_000:
             raise InvalidAudioError(f"unsupported sample rate {sample_rate} Hz")
         levels = self.num_levels(bitrate)
-        self.check_pitch_capable(pitch)
         sources = [TensorSource(item, sample_rate, self.sample_rate) for item in wav]
         codes = torch.stack(self.encode_batch([s.signal for s in sources], levels))
         tracks = [self.pitch_track(s) for s in sources] if pitch else None
@@ -137,7 +136,6 @@ class Codec:
     ) -> EncodedAudio:
         """Encode an AudioSource window by window -> codes [1, K, N]."""
         levels = self.num_levels(bitrate)
-        self.check_pitch_capable(pitch)
         codes = self.encode_batch([source], levels, progress)[0]
         tracks = [self.pitch_track(source)] if pitch else None
         return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id, tracks)
@@ -184,15 +182,9 @@ class Codec:
     def pitch_track(self, item: torch.Tensor | AudioSource) -> PitchTrack:
         """The pitch side stream (`codec.pitchcode`) of a mono waveform [1, T] at the model's rate,
         or of an AudioSource: one f0 value per code frame, measured window by window."""
-        self.check_pitch_capable(True)
         if isinstance(item, torch.Tensor):
             item = TensorSource(item, self.sample_rate, self.sample_rate)
         return pitchcode.analyse_source(item, self.config, self.window_frames)
-
-    def check_pitch_capable(self, pitch: bool) -> None:
-        """CodecError if `pitch` is asked of a model whose decoder cannot take a pitch stream."""
-        if pitch and self.model.decoder.head.pitch is None:
-            raise CodecError(f"model {self.model_id} has no harmonic decoder head to take a pitch stream")
 
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """Codes [B, K, N] -> waveform [B, 1, num_samples] at the model's sample rate."""
@@ -292,7 +284,6 @@ class Codec:
                 self._check_pitch(track, codes.shape[-1])
 
     def _check_pitch(self, track: PitchTrack, num_frames: int) -> None:
-        self.check_pitch_capable(True)
         if len(track.voiced) != num_frames:
             raise CorruptStreamError(f"a pitch stream of {len(track.voiced)} frames for codes of {num_frames}")
 
@@ -340,7 +331,6 @@ class Codec:
         self.check_header(header)
         tracks = None
         if stream.pitch is not None:
-            self.check_pitch_capable(True)
             tracks = [pitchcode.decode_track(stream.pitch, header.num_frames)]
         if header.codes_coding == "packed":
             codes = torch.from_numpy(bitstream.decode_packed(stream))[None]

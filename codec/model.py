@@ -19,13 +19,12 @@ class CodecOutput:
     audio: torch.Tensor  # [B, 1, T] reconstruction
     codes: torch.Tensor  # [B, K, N]
     commitment_loss: torch.Tensor  # scalar
-    codebook_loss: torch.Tensor  # scalar
     # The decoder head's complex spectrum [B, F, M] before synthesis, on the scale of
     # codec.decoder.analysis_stft of the (padded) input: phase and magnitude losses compare them.
     spectrum: torch.Tensor
-    # A harmonic head's pitch, [B, M] each: log f0 in cycles per sample and voicing logits.
-    log_f0: torch.Tensor | None = None
-    voicing: torch.Tensor | None = None
+    # The head's pitch, [B, M] each: log f0 in cycles per sample and voicing logits.
+    log_f0: torch.Tensor
+    voicing: torch.Tensor
 
 
 class CodecModel(nn.Module):
@@ -62,7 +61,7 @@ class CodecModel(nn.Module):
         q = self.quantizer(self.encoder(self._pad(wav)), num_levels)
         head = self.decoder.head_output(q.quantized)
         audio = self.decoder.head.synthesize(head.spectrum)[..., :length]
-        return CodecOutput(audio, q.codes, q.commitment_loss, q.codebook_loss, head.spectrum, head.log_f0, head.voicing)
+        return CodecOutput(audio, q.codes, q.commitment_loss, head.spectrum, head.log_f0, head.voicing)
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, num_levels: int | None = None) -> torch.Tensor:

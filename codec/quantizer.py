@@ -1,10 +1,10 @@
 """Residual vector quantization with straight-through gradients (VQ-VAE, van den Oord et al. 2017).
 
 Each level replaces its input by the nearest entry of a codebook; the next level quantizes what is
-left. By default entries are compared by Euclidean distance in the full latent space and follow
-exponential moving averages of the vectors assigned to them (the paper's appendix; EnCodec), so
-each level removes part of the residual. A config switch selects DAC's factorized codes instead:
-cosine similarity in a small learned projection. Codebooks are initialised by k-means on the
+left. Entries are compared by Euclidean distance in the full latent space and follow exponential
+moving averages of the vectors assigned to them (the paper's appendix; EnCodec), so each level
+removes part of the residual; the encoder is pulled towards its codes by the commitment loss,
+and gradients pass the quantizer straight through. Codebooks are initialised by k-means on the
 first training batch, and entries that fall out of use are restarted from vectors of the current
 batch. Training drops the upper levels for a random part of each batch, so that one model serves
 every bitrate.
@@ -27,7 +27,6 @@ class QuantizedResult:
     quantized: torch.Tensor  # [B, D, N], straight-through in training
     codes: torch.Tensor  # [B, K, N] int64, K = number of levels used
     commitment_loss: torch.Tensor  # scalar, already weighted by beta
-    codebook_loss: torch.Tensor  # scalar; zero when codebooks follow EMA
 
 
 def _distributed() -> bool:
@@ -60,59 +59,34 @@ def _kmeans(samples: torch.Tensor, k: int, iterations: int = 10) -> tuple[torch.
 
 
 class VectorQuantizer(nn.Module):
-    """One level: pick the nearest of `codebook_size` entries for each vector of [B, D, N]
-    (cosine codes: after projecting it to `codebook_dim`)."""
+    """One level: pick the nearest of `codebook_size` entries for each vector of [B, D, N]."""
 
     def __init__(self, config: QuantizerConfig):
         super().__init__()
         self.config = config
         size = config.codebook_size
-        if config.distance == "euclidean":
-            dim = config.dim
-            self.in_proj, self.out_proj = nn.Identity(), nn.Identity()
-        elif config.distance == "cosine":
-            dim = config.codebook_dim
-            self.in_proj = nn.Conv1d(config.dim, dim, 1)
-            self.out_proj = nn.Conv1d(dim, config.dim, 1)
-        else:
-            raise ValueError(f"unknown code distance {config.distance!r}")
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-        # Times this level was found collapsed and re-initialised (see _restart_collapsed_level).
-        self.register_buffer("restarts", torch.zeros((), dtype=torch.long), persistent=False)
         # EMA of how many vectors each entry wins per step: drives dead-code restarts.
         self.register_buffer("cluster_size", torch.zeros(size))
-        if config.update == "ema":
-            self.register_buffer("codebook", torch.randn(size, dim))
-            self.register_buffer("embed_sum", torch.zeros(size, dim))
-        elif config.update == "loss":
-            self.codebook = nn.Parameter(torch.randn(size, dim))
-        else:
-            raise ValueError(f"unknown codebook update rule {config.update!r}")
+        self.register_buffer("codebook", torch.randn(size, config.dim))
+        self.register_buffer("embed_sum", torch.zeros(size, config.dim))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest entry for each (projected) vector of z [M, d] -> [M]."""
+        """Index of the nearest entry for each vector of z [M, D] -> [M]."""
         codebook = self.codebook.to(z.dtype)
-        if self.config.distance == "cosine":
-            return (F.normalize(z, dim=1) @ F.normalize(codebook, dim=1).t()).argmax(dim=1)
         # argmin |z - c|^2 = argmax 2 z.c - |c|^2 (|z|^2 is the same for every entry)
         return (2 * z @ codebook.t() - codebook.square().sum(dim=1)).argmax(dim=1)
 
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Projected codebook vectors for codes [B, N] -> [B, d, N]."""
-        return F.embedding(codes, self.codebook).transpose(1, 2)
-
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, N] -> this level's contribution [B, D, N]."""
-        return self.out_proj(self.lookup(codes))
+        return F.embedding(codes, self.codebook).transpose(1, 2)
 
     @torch.no_grad()
     def _initialize(self, z: torch.Tensor) -> None:
-        samples = F.normalize(z.float(), dim=1) if self.config.distance == "cosine" else z.float()
-        centroids, sizes = _kmeans(samples, self.config.codebook_size)
-        self.codebook.data.copy_(_broadcast(centroids))
+        centroids, sizes = _kmeans(z.float(), self.config.codebook_size)
+        self.codebook.copy_(_broadcast(centroids))
         self.cluster_size.copy_(_broadcast(sizes))
-        if self.config.update == "ema":
-            self.embed_sum.copy_(self.codebook * self.cluster_size[:, None])
+        self.embed_sum.copy_(self.codebook * self.cluster_size[:, None])
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -120,8 +94,6 @@ class VectorQuantizer(nn.Module):
         decay = self.config.ema_decay
         counts = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).float())
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        if self.config.update != "ema":
-            return
         sums = _all_reduce(torch.zeros_like(self.embed_sum).index_add_(0, codes, z.float()))
         self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
         # Laplace smoothing keeps rare entries from dividing by ~0.
@@ -129,25 +101,6 @@ class VectorQuantizer(nn.Module):
         size = self.config.codebook_size
         smoothed = (self.cluster_size + 1e-5) / (total + size * 1e-5) * total
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
-
-    @torch.no_grad()
-    def _restart_collapsed_level(self, flat: torch.Tensor, codes: torch.Tensor) -> bool:
-        """If this batch's vectors all fall on a handful of entries, the projection has collapsed:
-        its output is dominated by one constant direction (a shared offset of the residual), so
-        every vector has the same cosine neighbour and restarting entries from those vectors
-        cannot help. Then centre the projection on this batch (subtract the mean vector from its
-        bias) and re-run the k-means initialisation. Returns whether it did."""
-        minimum = self.config.collapse_codes
-        if self.config.distance != "cosine" or not minimum or flat.shape[0] < 8 * minimum:
-            return False
-        distinct = _all_reduce(torch.bincount(codes, minlength=self.config.codebook_size).clamp_max(1).float())
-        if int((distinct > 0).sum()) >= minimum:
-            return False
-        mean = _all_reduce(flat.float().mean(dim=0)) / (dist.get_world_size() if _distributed() else 1)
-        self.in_proj.bias.data -= mean.to(self.in_proj.bias.dtype)
-        self.restarts.add_(1)
-        self._initialize(flat - mean.to(flat.dtype))
-        return True
 
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
@@ -159,22 +112,19 @@ class VectorQuantizer(nn.Module):
         if num_dead == 0:
             return
         vectors = z[torch.randint(0, z.shape[0], (num_dead,), device=z.device)].float()
-        if self.config.distance == "euclidean":
-            # Split the entry a batch vector belongs to (as in the LBG algorithm): the new entry
-            # lies a little way from it towards the vector and takes over the half of its cell on
-            # that side. An entry placed on the vector itself wins almost nothing in a 128-d
-            # space, where a random vector is far closer to its cell's centre than to any other
-            # vector; the upper levels, whose residuals are nearly noise, lost most entries so.
-            owner = self.codebook[self.nearest(vectors)].float()
-            vectors = owner + self.config.split_step * (vectors - owner)
+        # Split the entry a batch vector belongs to (as in the LBG algorithm): the new entry lies
+        # a little way from it towards the vector and takes over the half of its cell on that
+        # side. An entry placed on the vector itself wins almost nothing in a 128-d space, where
+        # a random vector is far closer to its cell's centre than to any other vector.
+        owner = self.codebook[self.nearest(vectors)].float()
+        vectors = owner + self.config.split_step * (vectors - owner)
         # The same replacement vectors on every rank keep the codebooks identical under DDP.
         replacement = _broadcast(vectors.contiguous())
         # A restarted entry starts with an average count, so it has time to win vectors before
         # it could be declared dead again.
-        self.codebook.data[dead] = replacement
+        self.codebook[dead] = replacement
         self.cluster_size[dead] = average
-        if self.config.update == "ema":
-            self.embed_sum[dead] = replacement * average
+        self.embed_sum[dead] = replacement * average
 
     @staticmethod
     def _active_vectors(z: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,11 +136,10 @@ class VectorQuantizer(nn.Module):
         vectors = vectors.reshape(-1, z.shape[1]).detach()
         return vectors, vectors if vectors.shape[0] else z.transpose(1, 2).reshape(-1, z.shape[1]).detach()
 
-    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
-        """Quantize x [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
-        [B, N], commitment loss [B], codebook loss [B]). `active` [B] (bool) marks the items that
-        use this level; only they update the codebook."""
-        z = self.in_proj(x)  # [B, d, N]
+    def forward(self, z: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize z [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
+        [B, N], commitment loss [B]). `active` [B] (bool) marks the items that use this level;
+        only they update the codebook."""
         batch, dim, frames = z.shape
         flat = z.transpose(1, 2).reshape(-1, dim)
         # Vectors of the items that use this level: in the upper levels, an item that stopped
@@ -204,21 +153,15 @@ class VectorQuantizer(nn.Module):
         if initializing:
             self._initialize(samples)
         codes = self.nearest(flat.detach()).view(batch, frames)
-        if self.training and self._restart_collapsed_level(flat.detach(), codes.reshape(-1)):
-            z = self.in_proj(x)  # recomputed through the centred projection, for its gradients
-            flat = z.transpose(1, 2).reshape(-1, dim)
-            codes = self.nearest(flat.detach()).view(batch, frames)
-            selected, samples = self._active_vectors(z, active)
         if self.training:
             selected_codes = codes[active] if active is not None else codes
             self._update_statistics(selected, selected_codes.reshape(-1))
             if not initializing:
                 self._restart_dead_codes(samples)
-        z_q = self.lookup(codes)
+        z_q = self.decode(codes)
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
-        codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2)) if self.config.update == "loss" else torch.zeros_like(commitment)
         # Straight-through: the forward pass sees the codebook vector, the backward pass the identity.
-        return self.out_proj(z + (z_q - z).detach()), codes, commitment, codebook_loss
+        return z + (z_q - z).detach(), codes, commitment
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -245,14 +188,13 @@ class ResidualVectorQuantizer(nn.Module):
         used = self.config.num_levels if self.training else int(levels.max())
         residual = x
         quantized = torch.zeros_like(x)
-        codes, commitment, codebook_loss = [], x.new_zeros(()), x.new_zeros(())
+        codes, commitment = [], x.new_zeros(())
         for index, level in enumerate(self.levels[:used]):
             active = levels > index
-            out, c, commit, book = level(residual, active if self.training else None)
+            out, c, commit = level(residual, active if self.training else None)
             mask = active.to(x.dtype)
             weight = mask.mean().clamp_min(1e-8)
             commitment = commitment + (commit * mask).mean() / weight
-            codebook_loss = codebook_loss + (book * mask).mean() / weight
             quantized = quantized + out * mask[:, None, None]
             residual = residual - out * mask[:, None, None]
             codes.append(c)
@@ -260,7 +202,6 @@ class ResidualVectorQuantizer(nn.Module):
             quantized=quantized,
             codes=torch.stack(codes, dim=1),
             commitment_loss=commitment * self.config.commitment_weight,
-            codebook_loss=codebook_loss,
         )
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -57,10 +57,10 @@ def decode_windows(
     pitch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield consecutive waveform pieces [1, L] of the decoding of codes [K, N], num_samples in all.
-    `pitch` (log f0, mask), each [1, N * upsample]: a sent f0 for a harmonic head
+    `pitch` (log f0, mask), each [1, N * upsample]: a sent f0
     (`codec.pitchcode.decoder_pitch`), sliced to each window.
 
-    A head that sums phase over time would start its sum afresh in every window; each window
+    The head sums phase over time and would start its sum afresh in every window; each window
     starts it instead at the value the previous window reached at the first frame it keeps,
     so the sum continues as in whole-signal decoding."""
     hop = model.hop_length
@@ -77,7 +77,7 @@ def decode_windows(
             origin = None if carried is None else (carried, (first - lo) * upsample)
             given = None if pitch is None else tuple(p[:, lo * upsample : hi * upsample].to(device) for p in pitch)
             out = model.decoder.head_output(model.quantizer.decode(codes[None, :, lo:hi].to(device)), origin, given)
-            if out.phase_track is not None and last < total:
+            if last < total:
                 carried = out.phase_track[..., (last - lo) * upsample]
             wav = model.decoder.head.synthesize(out.spectrum)[0]
         piece = wav[:, (first - lo) * hop : (last - lo) * hop]

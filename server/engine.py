@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from codec import Codec, EncodedAudio, PitchTrack
 from codec.audio import FileSource, open_audio
-from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
+from codec.errors import CorruptStreamError, InvalidAudioError
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable
 from server.metrics import Metrics
@@ -171,17 +171,9 @@ class CodecEngine:
             pieces = [source.read(i, min(i + step, source.num_samples)) for i in range(0, source.num_samples, step)]
         return AudioJob(levels, source.num_samples, torch.cat(pieces, dim=-1), None)
 
-    def check_pitch_capable(self) -> None:
-        """A 422 if the model cannot take a pitch stream."""
-        try:
-            self.codec.check_pitch_capable(True)
-        except CodecError as error:
-            raise unprocessable(str(error)) from None
-
     async def pitch_track(self, job: AudioJob, data: bytes) -> PitchTrack:
         """The pitch side stream of an encoded job (`Codec.pitch_track`), read from its samples in
         memory or, for a long input, from the audio bytes again window by window."""
-        self.check_pitch_capable()
         if job.wav is not None:
             return await run_in_threadpool(self.codec.pitch_track, job.wav)
         source = open_audio(data, self.codec.sample_rate)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from codec import Codec, build_model
-from codec.config import tiny_config
+from tiny import tiny_config
 from conftest import harmonic_signal
 
 from training import evaluate

@@ -199,9 +199,10 @@ def test_head_spectrum_loss_zero_for_the_reference_and_grows_with_phase_error():
     reference = analysis_stft(x, 256, 64)
     exact = loss(reference, x)
     assert exact["head"].item() < 1e-4 and exact["phase"].item() < 1e-3
-    # A constant phase shift leaves the group delay and instantaneous frequency alone.
+    # A constant phase shift leaves the group delay and instantaneous frequency alone: the head's
+    # running phase starts wherever the crop starts.
     shifted = loss(reference * torch.polar(torch.ones(()), torch.tensor(0.7)), x)
-    assert shifted["head"].item() < 1e-4 and shifted["phase"].item() == pytest.approx(0.7, abs=1e-3)
+    assert shifted["head"].item() < 1e-4 and shifted["phase"].item() < 1e-3
     # Random phases cost more, and their gradient reaches the estimate.
     g = torch.Generator().manual_seed(0)
     phase = (2 * math.pi * torch.rand(reference.shape, generator=g)).requires_grad_()
@@ -209,12 +210,3 @@ def test_head_spectrum_loss_zero_for_the_reference_and_grows_with_phase_error():
     assert noisy["phase"].item() > 2.0
     noisy["phase"].backward()
     assert phase.grad.abs().sum() > 0
-
-
-def test_head_spectrum_loss_without_absolute_phase_ignores_a_constant_shift():
-    # An integrated-phase head's summed phase starts wherever the crop starts.
-    x = _target()
-    reference = analysis_stft(x, 256, 64)
-    shifted = reference * torch.polar(torch.ones(()), torch.tensor(0.7))
-    assert HeadSpectrumLoss(256, 64, absolute_phase=False)(shifted, x)["phase"].item() < 1e-3
-    assert HeadSpectrumLoss(256, 64)(shifted, x)["phase"].item() == pytest.approx(0.7, abs=1e-3)

@@ -81,7 +81,7 @@ def test_decoder_pitch_interpolates_within_voiced_runs_and_masks_the_rest():
 def voiced_tiny_codec():
     from conftest import make_tiny_codec
 
-    codec = make_tiny_codec("harmonic")
+    codec = make_tiny_codec()
     with torch.no_grad():
         codec.model.decoder.head.pitch.net[-1].bias.copy_(torch.tensor([0.0, 5.0]))  # voiced everywhere
     return codec
@@ -121,14 +121,7 @@ def test_windowed_pitch_analysis_and_decoding_equal_whole_signal():
     assert (small_windows - codec.decode(whole)).abs().max() < 1e-3
 
 
-def test_pitch_needs_a_harmonic_head_and_matching_frames():
-    from conftest import make_tiny_codec
-
-    from codec.errors import CodecError
-
-    direct = make_tiny_codec("direct")
-    with pytest.raises(CodecError, match="harmonic"):
-        direct.encode(vowel(0.5), 16000, pitch=True)
+def test_pitch_needs_matching_frames():
     codec = voiced_tiny_codec()
     encoded = codec.encode(vowel(0.5), 16000, pitch=True)
     encoded.pitch = [PitchTrack(np.zeros(3, dtype=bool), np.zeros(3, dtype=np.int64))]

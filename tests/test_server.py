@@ -463,12 +463,3 @@ def test_encode_writes_the_pitch_stream_on_request(api):
     assert_error(api.post("/encode?pitch=true", content=data, headers={"content-type": "audio/wav"}), 422, "pitch")
 
 
-def test_pitch_is_refused_up_front_by_a_model_without_a_harmonic_head(tmp_path):
-    from conftest import make_tiny_codec
-
-    path = tmp_path / "direct.safetensors"
-    make_tiny_codec("direct").save(path)
-    with client(path) as direct_api:
-        response = direct_api.post("/encode?pitch=true", content=audio_bytes(0.5),
-                                   headers={"content-type": "audio/wav", "accept": "application/octet-stream"})
-    assert_error(response, 422, "harmonic")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from codec import Codec
-from codec.config import tiny_config
+from tiny import TINY_MODEL, tiny_config
 from codec.model import build_model
 from codec.usage import codebook_usage
 from training.data import load_validation, read_manifest
@@ -24,7 +24,7 @@ from training.train import TrainConfig, state_digest, train, warm_start
 
 def tiny_run(manifest: Path, run_dir: Path, **overrides) -> TrainConfig:
     config = TrainConfig(
-        manifest=str(manifest), run_dir=str(run_dir), model="tiny", batch_size=4, warmup_steps=20,
+        manifest=str(manifest), run_dir=str(run_dir), model=TINY_MODEL, batch_size=4, warmup_steps=20,
         learning_rate=3e-3, log_every=5, val_every=10_000, save_every=10_000, threads=2,
     )
     for key, value in overrides.items():
@@ -191,16 +191,16 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
 
 
 def test_half_precision_id_hashes_the_config_as_stored(tmp_path):
-    # A checkpoint written before the decoder's phase fields existed keeps the id it shipped with.
+    # A checkpoint whose config holds fields this version no longer writes (as the bundled
+    # model's does) keeps the id it shipped with.
     from codec.checkpoint import read_checkpoint, save_checkpoint
     from conftest import make_tiny_codec
     from training import export
 
-    make_tiny_codec("direct").save(tmp_path / "direct.safetensors")
-    checkpoint = read_checkpoint(tmp_path / "direct.safetensors", "codec")
+    make_tiny_codec().save(tmp_path / "new.safetensors")
+    checkpoint = read_checkpoint(tmp_path / "new.safetensors", "codec")
     config = json.loads(json.dumps(checkpoint.config))
-    for key in ("phase", "phase_group", "pitch_min_hz", "pitch_max_hz"):
-        del config["decoder"][key]
+    config["decoder"].update(phase="harmonic", phase_group=4, linear_skip=True)
     old = tmp_path / "old.safetensors"
     save_checkpoint(old, "codec", config, checkpoint.tensors)
     shipped = tmp_path / "shipped.safetensors"
@@ -309,7 +309,7 @@ def test_bf16_autocast_runs_the_convolutions_in_bf16_and_keeps_losses_in_float32
     from training.step import autocast
     from training.train import build_trainer, model_config_for
 
-    config = TrainConfig(manifest=str(tiny_corpus), model="tiny", precision="bf16")
+    config = TrainConfig(manifest=str(tiny_corpus), model=TINY_MODEL, precision="bf16")
     trainer = build_trainer(config, model_config_for(config), torch.device("cpu"))
     conv = next(m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.Conv1d))
     seen = []

@@ -103,13 +103,6 @@ def eval_table(path: Path) -> list[str]:
     ]
 
 
-HEAD_PHASE = {
-    "direct": "phase predicted per frame",
-    "integrated": "phase advances summed over time",
-    "harmonic": "pulse-train phase at a predicted f0 in voiced frames",
-}
-
-
 def half_precision_id(path: Path) -> str:
     """The model id the codec checkpoint at `path` gets once stored in half precision, as export
     ships it: the digest of its tensors in float16 and of its config as stored. (Re-saving
@@ -215,18 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
     q = config.quantizer
-    features = {"logmag": "STFT log-magnitudes", "compressed": "power-law compressed complex STFTs",
-                "logmag+phase": "STFT log-magnitudes and power-law compressed complex STFTs"}[config.encoder.features]
-    codes = (f"nearest in L2 distance among {q.dim}-d entries" if q.distance == "euclidean"
-             else f"factorized {q.codebook_dim}-d codes compared by cosine")
-    codes += ", EMA codebooks" if q.update == "ema" else ", codebooks learned by codebook loss"
     lines = [
         f"# Model card: {codec.model_id}",
         "",
-        f"A VQ-VAE speech and audio codec: convolutional encoder fed {features}, {q.num_levels}-level "
-        f"residual vector quantizer ({q.codebook_size} entries a level, {codes}), WaveNet decoder with an "
-        f"inverse-STFT head ({HEAD_PHASE[config.decoder.phase]})"
-        f"{' and a linear latent -> log-magnitude path' if config.decoder.linear_skip else ''}.",
+        f"A VQ-VAE speech and audio codec: convolutional encoder fed STFT log-magnitudes, {q.num_levels}-level "
+        f"residual vector quantizer ({q.codebook_size} entries a level, nearest in L2 distance among {q.dim}-d "
+        "entries, EMA codebooks), WaveNet decoder with an inverse-STFT head (pulse-train phase at a predicted "
+        "f0 in voiced frames) and a linear latent -> log-magnitude path.",
         "",
         f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "

@@ -157,17 +157,17 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 
 
 class HeadSpectrumLoss(nn.Module):
-    """Log-magnitude and phase losses between the head's spectrum and the reference's STFT."""
+    """Log-magnitude and phase losses between the head's spectrum and the reference's STFT. The
+    phase terms compare phase differences across frequency and time, not absolute phase: the
+    head's running phase starts wherever a window starts, so only its differences can match."""
 
-    def __init__(self, n_fft: int, hop: int, absolute_phase: bool = True):
+    def __init__(self, n_fft: int, hop: int):
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
-        self.absolute_phase = absolute_phase
 
     def forward(self, spectrum: Tensor, x: Tensor) -> dict[str, Tensor]:
         """spectrum [B, F, M] complex, x [B, 1, T] with T <= M * hop -> {"head": log-magnitude
-        L1, "phase": instantaneous phase (if `absolute_phase`) + group delay + instantaneous
-        frequency errors}."""
+        L1, "phase": group delay + instantaneous frequency errors}."""
         frames = spectrum.shape[-1]
         x = F.pad(x, (0, frames * self.hop - x.shape[-1]))
         reference = analysis_stft(x.float(), self.n_fft, self.hop)
@@ -177,18 +177,17 @@ class HeadSpectrumLoss(nn.Module):
         # Phases come from angle(); a zero bin has angle 0 and a zero weight.
         phase, target = spectrum.angle(), reference.angle()
         weight = magnitude.detach()
-        instantaneous = _weighted_mean(anti_wrap(phase - target), weight) if self.absolute_phase else 0.0
         group_delay = _weighted_mean(
             anti_wrap(phase.diff(dim=1) - target.diff(dim=1)), (weight[:, 1:] * weight[:, :-1]).sqrt()
         )
         frequency = _weighted_mean(
             anti_wrap(phase.diff(dim=2) - target.diff(dim=2)), (weight[..., 1:] * weight[..., :-1]).sqrt()
         )
-        return {"head": log_mag, "phase": instantaneous + group_delay + frequency}
+        return {"head": log_mag, "phase": group_delay + frequency}
 
 
 def pitch_loss(log_f0: Tensor, voicing: Tensor, x: Tensor, n_fft: int, hop: int, low: float, high: float) -> Tensor:
-    """A harmonic head's pitch against `codec.pitch.estimate_f0` of the reference x [B, 1, T]:
+    """The head's pitch against `codec.pitch.estimate_f0` of the reference x [B, 1, T]:
     L1 between log f0s on frames the tracker calls voiced, plus binary cross-entropy of the
     voicing logits. log_f0, voicing: [B, M] with T <= M * hop; f0 in cycles per sample."""
     frames = log_f0.shape[-1]

@@ -2,7 +2,7 @@
 
 `Trainer` holds what a step needs (model, losses, optimizers, discriminator) and `step(wav)` runs
 one: the codec's forward pass, the discriminators' update, the codec's update. Both the training
-script and the step benchmark (training.step_bench) drive it, so the benchmark times the step
+script and the step benchmark (bench.train_step) drive it, so the benchmark times the step
 that trains.
 
 What keeps a GAN step cheap on a CPU:
@@ -22,9 +22,50 @@ from dataclasses import dataclass, field
 
 import torch
 
-from codec.model import CodecModel
+from codec.model import CodecModel, CodecOutput
 from training.discriminators import Discriminator
-from training.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from training.losses import (HeadSpectrumLoss, MelLoss, MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
+                             generator_adversarial_loss, pitch_loss, si_sdr_loss)
+from training.pesq_loss import PesqLoss
+from training.stoi_loss import StoiLoss
+
+
+class Losses:
+    """The named losses of one step, weighted by the config's lambdas."""
+
+    def __init__(self, lambdas: dict[str, float], model: CodecModel, device: torch.device):
+        self.lambdas = lambdas
+        self.mel = MelLoss(model.sample_rate).to(device)
+        self.stft = MultiResolutionSTFTLoss().to(device)
+        head, decoder = model.decoder.head, model.config.decoder
+        self.head = HeadSpectrumLoss(head.n_fft, head.hop)
+        self.pitch_range = (decoder.pitch_min_hz / model.sample_rate, decoder.pitch_max_hz / model.sample_rate)
+        self.stoi = StoiLoss(model.sample_rate)
+        self.pesq = PesqLoss(model.sample_rate).to(device) if self.lambdas.get("pesq", 0) else None
+
+    def reconstruction(self, output: CodecOutput, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reconstruction terms with a non-zero weight (and the commitment loss), by name."""
+        losses = {}
+        if self.lambdas.get("mel", 0):
+            losses["mel"] = self.mel(output.audio, wav)
+        if self.lambdas.get("stft", 0):
+            losses["stft"] = self.stft(output.audio, wav)
+        if self.lambdas.get("head", 0) or self.lambdas.get("phase", 0):
+            losses.update(self.head(output.spectrum, wav))
+        if self.lambdas.get("pitch", 0):
+            losses["pitch"] = pitch_loss(output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range)
+        if self.lambdas.get("stoi", 0):
+            losses["stoi"] = self.stoi(output.audio, wav)
+        if self.pesq is not None:
+            losses["pesq"] = self.pesq(output.audio, wav)
+        if self.lambdas.get("sisdr", 0):
+            losses["sisdr"] = si_sdr_loss(output.audio, wav)
+        losses["commitment"] = output.commitment_loss
+        return losses
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Zero-weight terms are left out, not multiplied by 0: a NaN in one would poison the sum.
+        return sum(self.lambdas[name] * value for name, value in losses.items() if self.lambdas.get(name, 0.0))
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from codec.api import Codec
-from codec.config import CodecConfig, tiny_config
+from codec.config import CodecConfig
 from codec.model import CodecModel, build_model
 from training.data import Augment, CropSampler, load_validation, read_manifest
 from training.discriminators import Discriminator, DiscriminatorConfig
-from training.losses import HeadSpectrumLoss, MelLoss, MultiResolutionSTFTLoss, pitch_loss, si_sdr_loss
-from training.pesq_loss import PesqLoss
 from training.state import load_training_state, save_training_state
-from training.step import StepOptions, Trainer
-from training.stoi_loss import StoiLoss
+from training.step import Losses, StepOptions, StepResult, Trainer
 from training.validate import validate
 
 
@@ -46,11 +43,9 @@ PARTS = ("encoder", "quantizer", "decoder")  # of a CodecModel
 class TrainConfig:
     manifest: str = "data/corpus/manifest.jsonl"
     run_dir: str = "runs/codec"
-    model: str = "default"  # "default" or "tiny"
-    decoder_phase: str = ""  # how the decoder head makes phase (codec.config.DecoderConfig.phase; "": the model's)
-    encoder_features: str = ""  # what the encoder sees (codec.config.EncoderConfig.features; "": the model's)
-    # "true": the harmonic head's fundamental gets a learnt offset (codec.config.DecoderConfig.phase_align).
-    phase_align: str = ""  # "", "true" or "false" ("": the model's)
+    # Changes to the default (shipped) model, nested as in codec.config.CodecConfig's JSON,
+    # e.g. {"decoder": {"channels": 192}}; {} trains the shipped architecture.
+    model: dict = field(default_factory=dict)
     # Share of items trained with a random number of levels, uniform over 1..K, instead of all K
     # (codec.config.QuantizerConfig.level_dropout; negative: the model's). 1.0 trains every
     # bitrate equally; the default 0.5 gives all levels 54% of items and 1.5 kbps 4%.
@@ -72,7 +67,7 @@ class TrainConfig:
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
         default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "pitch": 1.0,
-                                 "commitment": 1.0, "codebook": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0, "sisdr": 0.0}
+                                 "commitment": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0, "sisdr": 0.0}
     )
     # Switch the GAN losses on. On 2 CPU cores, at batch 16 x 1 s with `adversarial_items` 8, a
     # step took 1.9 s against 0.8 s without them.
@@ -83,7 +78,7 @@ class TrainConfig:
     adversarial_every: int = 1  # discriminator update (and adversarial terms) every n-th step
     discriminator_lr: float = 0.0  # 0: the codec's learning rate
     # "bf16": the networks run under bfloat16 autocast (AMX on these CPUs, tensor cores on a GPU);
-    # losses and the head's FFTs stay float32. training.step_bench measures what it saves.
+    # losses and the head's FFTs stay float32. bench.train_step measures what it saves.
     precision: str = "fp32"
     # Random equalisation, noise and loudness of the training crops (training.data.Augment);
     # the codec reconstructs the augmented crop. 0: loudness only, as before.
@@ -150,54 +145,9 @@ def step_options(config: TrainConfig, model_config: CodecConfig) -> StepOptions:
                        config.adversarial_seconds, config.adversarial_every, model_config.sample_rate)
 
 
-class Losses:
-    """The named losses of one step, weighted by the config's lambdas."""
-
-    def __init__(self, config: TrainConfig, model: CodecModel, device: torch.device):
-        self.lambdas = config.lambdas
-        self.mel = MelLoss(model.sample_rate).to(device)
-        self.stft = MultiResolutionSTFTLoss().to(device)
-        head, decoder = model.decoder.head, model.config.decoder
-        self.head = HeadSpectrumLoss(head.n_fft, head.hop, absolute_phase=decoder.phase == "direct")
-        self.pitch_range = (decoder.pitch_min_hz / model.sample_rate, decoder.pitch_max_hz / model.sample_rate)
-        self.stoi = StoiLoss(model.sample_rate)
-        self.pesq = PesqLoss(model.sample_rate).to(device) if self.lambdas.get("pesq", 0) else None
-
-    def reconstruction(self, output, wav) -> dict[str, torch.Tensor]:
-        losses = {}
-        if self.lambdas.get("mel", 0):
-            losses["mel"] = self.mel(output.audio, wav)
-        if self.lambdas.get("stft", 0):
-            losses["stft"] = self.stft(output.audio, wav)
-        if self.lambdas.get("head", 0) or self.lambdas.get("phase", 0):
-            losses.update(self.head(output.spectrum, wav))
-        if self.lambdas.get("pitch", 0) and output.log_f0 is not None:
-            losses["pitch"] = pitch_loss(output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range)
-        if self.lambdas.get("stoi", 0):
-            losses["stoi"] = self.stoi(output.audio, wav)
-        if self.pesq is not None:
-            losses["pesq"] = self.pesq(output.audio, wav)
-        if self.lambdas.get("sisdr", 0):
-            losses["sisdr"] = si_sdr_loss(output.audio, wav)
-        losses["commitment"] = output.commitment_loss
-        losses["codebook"] = output.codebook_loss
-        return losses
-
-    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        # Zero-weight terms are left out, not multiplied by 0: a NaN in one would poison the sum.
-        return sum(self.lambdas[name] * value for name, value in losses.items() if self.lambdas.get(name, 0.0))
-
-
 def model_config_for(config: TrainConfig) -> CodecConfig:
-    """The model the run trains: the default (or tiny) config with the run's overrides."""
-    model_config = tiny_config() if config.model == "tiny" else CodecConfig()
-    if config.decoder_phase:
-        model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase=config.decoder_phase))
-    if config.phase_align:
-        align = config.phase_align.lower() in ("1", "true", "yes")
-        model_config = dataclasses.replace(model_config, decoder=dataclasses.replace(model_config.decoder, phase_align=align))
-    if config.encoder_features:
-        model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, features=config.encoder_features))
+    """The model the run trains: the default config with the run's changes."""
+    model_config = CodecConfig.with_overrides(config.model)
     if config.level_dropout >= 0:
         model_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(model_config.quantizer, level_dropout=config.level_dropout))
     return model_config
@@ -213,7 +163,7 @@ def build_trainer(config: TrainConfig, model_config: CodecConfig, device: torch.
     train_model = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(trainable, config.learning_rate, betas=(0.8, 0.99), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
-    trainer = Trainer(model, train_model, Losses(config, model, device), optimizer, scheduler,
+    trainer = Trainer(model, train_model, Losses(config.lambdas, model, device), optimizer, scheduler,
                       step_options(config, model_config), trainable=trainable)
     if config.adversarial:
         discriminator = Discriminator(DiscriminatorConfig()).to(device)
@@ -224,105 +174,131 @@ def build_trainer(config: TrainConfig, model_config: CodecConfig, device: torch.
     return trainer
 
 
+class Run:
+    """One invocation of a training run: the trainer, its data, and the counters that are saved
+    and restored with it. Rank 0 keeps the weights and optimizer state; every rank keeps its own
+    random states."""
+
+    def __init__(self, config: TrainConfig, rank: int, world: int, device: torch.device):
+        self.config, self.rank, self.world, self.device = config, rank, world, device
+        self.dir = Path(config.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.model_config = model_config_for(config)
+        self.trainer = build_trainer(config, self.model_config, device, world)
+        self.model, self.frozen = self.trainer.model, frozen_parts(config.freeze)
+        rate = self.model_config.sample_rate
+        self.sampler = CropSampler(read_manifest(config.manifest, "train"), rate, int(config.segment_seconds * rate),
+                                   config.kind_weights, config.seed * 1000 + rank, augment=Augment(config.augment, rate),
+                                   progress=rank == 0)
+        self.val_clips = (load_validation(read_manifest(config.manifest, "val", ("speech",)), rate, config.val_seconds)
+                          if rank == 0 else [])
+        self.state_path = self.dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
+        self.step, self.best, self.elapsed = 0, -math.inf, 0.0  # best: the highest validation score so far
+        self.skipped = 0  # steps whose update was skipped, in this invocation
+        self.started = time.time()
+        self.metrics = (self.dir / "metrics.jsonl").open("a") if rank == 0 else None
+
+    def resume_or_start(self) -> None:
+        """Continue from the run directory's state, or start: warm weights, config.json."""
+        config, modules = self.config, self.trainer.checkpointables()
+        if (self.dir / "state.safetensors").exists():
+            info = load_training_state(self.dir / "state.safetensors", *modules, {})
+            self.step, self.best, self.elapsed = info["step"], info["best"], info["elapsed"]
+            rank_info = load_training_state(self.state_path, {}, {}, {}, {"data": self.sampler.generator})
+            if rank_info["step"] != self.step:
+                raise SystemExit(f"{self.state_path} is from step {rank_info['step']}, the run state from step {self.step}")
+            self._say(f"resumed from {self.state_path} at step {self.step}")
+        else:
+            if config.init_from:
+                warm_start(self.model, config.init_from, announce=self.rank == 0)
+            if config.init_discriminator:
+                if self.trainer.discriminator is None:
+                    raise SystemExit("--init_discriminator needs --adversarial true")
+                self.trainer.discriminator.load_state_dict(load_file(config.init_discriminator), strict=True)
+            if self.rank == 0:
+                record = {"train": dataclasses.asdict(config), "model": self.model_config.to_dict()}
+                (self.dir / "config.json").write_text(json.dumps(record, indent=2))
+            minutes = {k: round(v / self.model_config.sample_rate / 60, 1) for k, v in self.sampler.seconds.items()}
+            self._say(f"training {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {minutes} minutes")
+        self.started = time.time()
+
+    def out_of_time(self) -> bool:
+        # Rank 0's clock decides for everyone, so all ranks stop at the same step.
+        late = bool(self.config.max_minutes) and time.time() - self.started > self.config.max_minutes * 60
+        flag = torch.tensor(float(late), device=self.device)
+        if self.world > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag)
+
+    def log(self, result: StepResult) -> dict[str, str]:
+        """Append the step's losses to metrics.jsonl; returns what the progress bar shows."""
+        record = {"step": self.step, "loss": result.total.item(), "grad_norm": result.grad_norm.item(),
+                  "lr": self.trainer.scheduler.get_last_lr()[0]}
+        record.update({f"{k}/loss": v.item() for k, v in result.losses.items()})
+        record["skipped_steps"] = self.skipped
+        record["time"] = round(self.hours_trained() * 3600, 1)
+        self._record(record)
+        return {"mel": f"{record.get('mel/loss', 0):.3f}", "loss": f"{record['loss']:.3f}"}
+
+    def validate(self) -> str:
+        """Score the held-out clips; keep the best checkpoint by held-out PESQ and STOI
+        (training.validate), or by the mel distance where those cannot be measured (e.g. a model
+        at another sample rate)."""
+        result = validate(self.model, self.val_clips)
+        set_train_mode(self.model, self.frozen)
+        self._record({"step": self.step, "val": result})
+        score = result.get("quality", -min(result["mel_distance"].values()))
+        if score > self.best:
+            self.best = score
+            Codec(self.model, self.model_config.name).save(self.dir / "best.safetensors")
+        return f"step {self.step}: val {json.dumps(result)}"
+
+    def save(self) -> None:
+        """The resumable state (every rank its own) and, on rank 0, last.safetensors."""
+        modules = self.trainer.checkpointables() if self.rank == 0 else ({}, {}, {})
+        info = {"step": self.step, "best": self.best, "elapsed": self.hours_trained() * 3600}
+        save_training_state(self.state_path, *modules, {"data": self.sampler.generator}, info)
+        if self.rank == 0:
+            Codec(self.model, self.model_config.name).save(self.dir / "last.safetensors")
+
+    def hours_trained(self) -> float:
+        return (self.elapsed + time.time() - self.started) / 3600
+
+    def _record(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stderr)
+
+
 def train(config: TrainConfig) -> None:
     rank, world, device = setup_distributed()
     if config.threads:
         torch.set_num_threads(config.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed + rank)
+    run = Run(config, rank, world, device)
+    run.resume_or_start()
 
-    model_config = model_config_for(config)
-    trainer = build_trainer(config, model_config, device, world)
-    model, frozen = trainer.model, frozen_parts(config.freeze)
-    modules, optimizers, schedulers = trainer.checkpointables()
-
-    train_clips = read_manifest(config.manifest, "train")
-    segment = int(config.segment_seconds * model_config.sample_rate)
-    sampler = CropSampler(train_clips, model_config.sample_rate, segment, config.kind_weights, config.seed * 1000 + rank,
-                          augment=Augment(config.augment, model_config.sample_rate), progress=rank == 0)
-    val_clips = load_validation(read_manifest(config.manifest, "val", ("speech",)), model_config.sample_rate, config.val_seconds) if rank == 0 else []
-
-    # Rank 0 keeps the weights and optimizer state; every rank keeps its own random states.
-    state_path = run_dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
-    own = (modules, optimizers, schedulers) if rank == 0 else ({}, {}, {})
-    step, best, elapsed = 0, -math.inf, 0.0  # best: the highest validation score so far
-    if (run_dir / "state.safetensors").exists():
-        info = load_training_state(run_dir / "state.safetensors", modules, optimizers, schedulers, {})
-        step, best, elapsed = info["step"], info["best"], info["elapsed"]
-        rank_info = load_training_state(state_path, {}, {}, {}, {"data": sampler.generator})
-        if rank_info["step"] != step:
-            raise SystemExit(f"{state_path} is from step {rank_info['step']}, the run state from step {step}")
-        if rank == 0:
-            print(f"resumed from {state_path} at step {step}", file=sys.stderr)
-    else:
-        if config.init_from:
-            warm_start(model, config.init_from, announce=rank == 0)
-        if config.init_discriminator:
-            if trainer.discriminator is None:
-                raise SystemExit("--init_discriminator needs --adversarial true")
-            trainer.discriminator.load_state_dict(load_file(config.init_discriminator), strict=True)
-        if rank == 0:
-            (run_dir / "config.json").write_text(json.dumps({"train": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=2))
-            print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
-                  f"{ {k: round(v / model_config.sample_rate / 60, 1) for k, v in sampler.seconds.items()} } minutes", file=sys.stderr)
-
-    def save_state() -> None:
-        info = {"step": step, "best": best, "elapsed": elapsed + time.time() - started}
-        save_training_state(state_path, *own, {"data": sampler.generator}, info)
-        if rank == 0:
-            Codec(model, model_config.name).save(run_dir / "last.safetensors")
-
-    def out_of_time() -> bool:
-        # Rank 0's clock decides for everyone, so all ranks stop at the same step.
-        late = bool(config.max_minutes) and time.time() - started > config.max_minutes * 60
-        flag = torch.tensor(float(late), device=device)
-        if world > 1:
-            dist.broadcast(flag, src=0)
-        return bool(flag)
-
-    started, skipped = time.time(), 0
-    metrics_file = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
-    bar = tqdm(total=config.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
-    set_train_mode(model, frozen)
-    while step < config.steps:
-        if out_of_time():
-            break
-        wav = sampler.batch(config.batch_size).to(device)
-        result = trainer.step(wav, step)
-        losses, total, grad_norm = result.losses, result.total, result.grad_norm
-        skipped += not result.applied
-        step += 1
+    bar = tqdm(total=config.steps, initial=run.step, disable=rank != 0, dynamic_ncols=True)
+    set_train_mode(run.model, run.frozen)
+    while run.step < config.steps and not run.out_of_time():
+        result = run.trainer.step(run.sampler.batch(config.batch_size).to(device), run.step)
+        run.skipped += not result.applied
+        run.step += 1
         bar.update(1)
-
-        if rank == 0 and step % config.log_every == 0:
-            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm.item(), "lr": trainer.scheduler.get_last_lr()[0]}
-            record.update({f"{k}/loss": v.item() for k, v in losses.items()})
-            record["skipped_steps"] = skipped  # in this invocation
-            record["level_restarts"] = [int(level.restarts) for level in model.quantizer.levels]  # this process
-            record["time"] = round(elapsed + time.time() - started, 1)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            bar.set_postfix(mel=f"{record.get('mel/loss', 0):.3f}", loss=f"{record['loss']:.3f}")
-        if rank == 0 and val_clips and step % config.val_every == 0:
-            result = validate(model, val_clips)
-            set_train_mode(model, frozen)
-            metrics_file.write(json.dumps({"step": step, "val": result}) + "\n")
-            metrics_file.flush()
-            # Best by held-out PESQ and STOI (training.validate); minus the mel distance where
-            # those cannot be measured (e.g. a model at another sample rate).
-            score = result.get("quality", -min(result["mel_distance"].values()))
-            if score > best:
-                best = score
-                Codec(model, model_config.name).save(run_dir / "best.safetensors")
-            tqdm.write(f"step {step}: val {json.dumps(result)}")
-        if step % config.save_every == 0:
-            save_state()
-    save_state()
+        if rank == 0 and run.step % config.log_every == 0:
+            bar.set_postfix(run.log(result))
+        if rank == 0 and run.val_clips and run.step % config.val_every == 0:
+            tqdm.write(run.validate())
+        if run.step % config.save_every == 0:
+            run.save()
+    run.save()
     bar.close()
     if world > 1:
         # Every rank reports a digest of its weights and buffers: they must all be equal.
-        print(f"rank {rank} step {step} weights sha256 {state_digest(model)}", file=sys.stderr, flush=True)
+        print(f"rank {rank} step {run.step} weights sha256 {state_digest(run.model)}", file=sys.stderr, flush=True)
         dist.barrier()
         dist.destroy_process_group()
 
@@ -349,51 +325,21 @@ def set_train_mode(model: CodecModel, frozen: tuple[str, ...]) -> None:
 
 def warm_start(model: CodecModel, path: str, announce: bool) -> None:
     """Copy the weights of the checkpoint at `path` into `model`. A part whose config differs
-    (e.g. a new quantizer) keeps its fresh initialisation, except that a decoder whose config
-    differs only in how its head makes phase moves over whole, less the phase-advance layer
-    (restarted at the nominal advances) or pitch head (fresh), a quantizer that differs only in
-    its training settings (QuantizerConfig.TRAINING_FIELDS) moves over whole, and an encoder fed "logmag" whose
-    new config feeds it "logmag+phase" moves over whole with zero weights on the new inputs (so it
-    starts out computing the same latents), as does a harmonic decoder given the phase-align layer
-    (added at zero, so the output is unchanged); every other tensor must match."""
+    keeps its fresh initialisation, except a quantizer that differs only in its training
+    settings (QuantizerConfig.TRAINING_FIELDS): its codebooks carry over."""
     warm = Codec.load(path).model
     state = {k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()}
-    kept, grown, added = [], [], []
+    fresh = []
     for part in PARTS:
         old, new = getattr(warm.config, part), getattr(model.config, part)
-        phase_fields = ("phase", "phase_group", "pitch_min_hz", "pitch_max_hz")
-        if part == "decoder" and (old.phase_align, new.phase_align) == (False, True) \
-                and dataclasses.replace(old, phase_align=True) == new:
-            added.append("decoder.head.align.")  # starts at zero: the same output as before
-        elif part == "decoder" and old != new and dataclasses.replace(old, **{f: getattr(new, f) for f in phase_fields}) == new:
-            grown += ["decoder.head.advance.", "decoder.head.pitch."]
-            state = {k: v for k, v in state.items() if not k.startswith(tuple(grown))}
-        elif part == "encoder" and old.features == "logmag" and new.features in ("logmag+phase", "logmag+f0") \
-                and dataclasses.replace(old, features=new.features) == new:
-            weight = state["encoder.input.weight"]
-            grown_weight = weight.new_zeros(model.encoder.input.weight.shape)
-            grown_weight[:, : weight.shape[1]] = weight
-            state["encoder.input.weight"] = grown_weight
-        elif part == "quantizer" and dataclasses.replace(old, **{f: getattr(new, f) for f in old.TRAINING_FIELDS}) == new:
-            pass  # only how it trains differs: the codebooks carry over
-        elif old != new:
+        if part == "quantizer" and dataclasses.replace(old, **{f: getattr(new, f) for f in old.TRAINING_FIELDS}) == new:
+            continue
+        if old != new:
             state = {k: v for k, v in state.items() if not k.startswith(part + ".")}
-            kept.append(part)
-    model.load_state_dict(state, strict=not (kept or grown or added))
-    missing = set(model.state_dict()) - set(state)
-    if any(not k.startswith(tuple(p + "." for p in kept) + tuple(grown) + tuple(added)) for k in missing):
-        raise SystemExit(f"{path} lacks weights for {sorted(missing)[:5]}")
-    if grown and model.decoder.head.advance is not None:
-        with torch.no_grad():
-            for parameter in model.decoder.head.advance.parameters():
-                parameter.zero_()
-    if announce and kept:
-        print(f"warm start from {path}: {', '.join(kept)} re-initialised (config differs)", file=sys.stderr)
-    if announce and added:
-        print(f"warm start from {path}: {', '.join(added)} added (zero: same output)", file=sys.stderr)
-    if announce and grown:
-        old, new = warm.config.decoder, model.config.decoder
-        print(f"warm start from {path}: decoder phase {old.phase} -> {new.phase}, phase layers restarted", file=sys.stderr)
+            fresh.append(part)
+    model.load_state_dict(state, strict=not fresh)
+    if announce and fresh:
+        print(f"warm start from {path}: {', '.join(fresh)} re-initialised (config differs)", file=sys.stderr)
 
 
 def state_digest(module: torch.nn.Module) -> str:

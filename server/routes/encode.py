@@ -61,8 +61,6 @@ async def encode(
         raise unprocessable("entropy=true gives the binary file: send Accept: application/octet-stream")
     if pitch and not accepts(request, STREAM_TYPE):
         raise unprocessable("pitch=true gives the binary file: send Accept: application/octet-stream")
-    if pitch:
-        engine.check_pitch_capable()  # before the work of encoding
     with engine.encoder.expecting() as expected:  # batches forming now wait for this one
         data = await _read_audio(request)
 
