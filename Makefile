@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check codec server training bench tests
+	$(VENV)/bin/ruff format --check codec server training bench tests
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

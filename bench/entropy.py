@@ -60,9 +60,11 @@ def bench_entropy(num_symbols: int, vocabulary: int, seed: int) -> None:
     print(f"encode [M]:      {rates(num_symbols, encode_times)} symbols (frequencies given)")
     print(f"encode one:      {rates(num_symbols, encode_one_times)} symbols (frequencies given, one row per call)")
     print(f"decode:          {rates(num_symbols, decode_times)} symbols (frequencies given, one row per call)")
-    print(f"size: {len(data)} bytes; ideal under the frequencies {ideal:.1f} "
-          f"(+{len(data) - ideal:.1f}, {100 * (len(data) / ideal - 1):+.3f}%); "
-          f"under the float probabilities {model:.1f} ({100 * (len(data) / model - 1):+.3f}%)")
+    print(
+        f"size: {len(data)} bytes; ideal under the frequencies {ideal:.1f} "
+        f"(+{len(data) - ideal:.1f}, {100 * (len(data) / ideal - 1):+.3f}%); "
+        f"under the float probabilities {model:.1f} ({100 * (len(data) / model - 1):+.3f}%)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

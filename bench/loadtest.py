@@ -57,7 +57,9 @@ def speech_like_clip(seconds: float, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
-async def open_loop(url: str, clip: bytes, clip_seconds: float, rate: float, duration: float, headers: dict) -> RunResult:
+async def open_loop(
+    url: str, clip: bytes, clip_seconds: float, rate: float, duration: float, headers: dict
+) -> RunResult:
     import httpx
 
     count = max(1, int(rate * duration))
@@ -113,8 +115,9 @@ def _in_process_worker(connection, checkpoint: str | None, clip: bytes, stream: 
         connection.send(durations)
 
 
-def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: int, threads: int,
-                       headers: dict, block: int = 5) -> dict[str, tuple[float, float]]:
+def overhead_latencies(
+    url: str, checkpoint: str | None, clip: bytes, repeats: int, threads: int, headers: dict, block: int = 5
+) -> dict[str, tuple[float, float]]:
     """{"encode" | "decode": (median in-process seconds, median seconds over HTTP)} for one clip.
 
     The in-process calls run in a process of their own that loads the codec and calls it, as a
@@ -130,8 +133,12 @@ def overhead_latencies(url: str, checkpoint: str | None, clip: bytes, repeats: i
     with httpx.Client(base_url=url, timeout=300, headers=headers) as client:
         stream = client.post("/encode", content=clip, headers={"content-type": "audio/wav", "accept": STREAM}).content
         remote = {
-            "encode": lambda: client.post("/encode", content=clip, headers={"content-type": "audio/wav"}).raise_for_status(),
-            "decode": lambda: client.post("/decode", content=stream, headers={"content-type": STREAM}).raise_for_status(),
+            "encode": lambda: client.post(
+                "/encode", content=clip, headers={"content-type": "audio/wav"}
+            ).raise_for_status(),
+            "decode": lambda: client.post(
+                "/decode", content=stream, headers={"content-type": STREAM}
+            ).raise_for_status(),
         }
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
@@ -164,8 +171,20 @@ def local_server(env: dict[str, str]):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "server.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, **env},
     )
     url = f"http://127.0.0.1:{port}"
@@ -207,10 +226,14 @@ def random_checkpoint() -> str:
 
 def print_table(title: str, results: list[RunResult]) -> None:
     print(f"\n{title}")
-    print(f"{'rate/s':>7} {'sent':>5} {'ok':>5} {'rejected':>8} {'audio s/s':>10} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}")
+    print(
+        f"{'rate/s':>7} {'sent':>5} {'ok':>5} {'rejected':>8} {'audio s/s':>10} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}"
+    )
     for r in results:
-        print(f"{r.rate:7g} {r.sent:5d} {r.ok:5d} {r.rejected:8d} {r.audio_per_second:10.1f} "
-              f"{r.p50:7.3f} {r.p95:7.3f} {r.p99:7.3f}")
+        print(
+            f"{r.rate:7g} {r.sent:5d} {r.ok:5d} {r.rejected:8d} {r.audio_per_second:10.1f} "
+            f"{r.p50:7.3f} {r.p95:7.3f} {r.p99:7.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     clip = speech_like_clip(args.clip_seconds)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     if args.url:
-        print_table(f"{args.url}, {args.clip_seconds:g} s clips",
-                    [asyncio.run(open_loop(args.url, clip, args.clip_seconds, r, args.duration, headers)) for r in rates])
+        print_table(
+            f"{args.url}, {args.clip_seconds:g} s clips",
+            [asyncio.run(open_loop(args.url, clip, args.clip_seconds, r, args.duration, headers)) for r in rates],
+        )
         return
 
     checkpoint = random_checkpoint() if args.random_weights else args.checkpoint
@@ -242,8 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     batches = {"batching on": args.max_batch_size, "batching off": 1}
     tables: dict[str, list[RunResult]] = {name: [] for name in batches}
     with ExitStack() as stack:  # both servers up at once; runs alternate, so drift hits both alike
-        urls = {name: stack.enter_context(local_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}))
-                for name, size in batches.items()}
+        urls = {
+            name: stack.enter_context(local_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}))
+            for name, size in batches.items()
+        }
         # The overhead of the server as it is deployed (batching on), next to the in-process run.
         latencies = overhead_latencies(urls["batching on"], checkpoint, clip, args.repeats, args.threads, headers)
         for rate in rates:
@@ -252,11 +279,15 @@ def main(argv: list[str] | None = None) -> None:
     for name, size in batches.items():
         print_table(f"{name} (max batch {size}), {args.clip_seconds:g} s clips, {args.threads} threads", tables[name])
 
-    print(f"\none {args.clip_seconds:g} s clip at a time, in-process (a separate process) and HTTP calls in "
-          f"alternating blocks (median of {args.repeats}):")
+    print(
+        f"\none {args.clip_seconds:g} s clip at a time, in-process (a separate process) and HTTP calls in "
+        f"alternating blocks (median of {args.repeats}):"
+    )
     for op, (local, http) in latencies.items():
-        print(f"  {op}: in-process {local * 1000:7.1f} ms, over HTTP {http * 1000:7.1f} ms, "
-              f"overhead {100 * (http / local - 1):+.1f}%")
+        print(
+            f"  {op}: in-process {local * 1000:7.1f} ms, over HTTP {http * 1000:7.1f} ms, "
+            f"overhead {100 * (http / local - 1):+.1f}%"
+        )
     on, off = tables["batching on"], tables["batching off"]
     gain = max(r.audio_per_second for r in on) / max(r.audio_per_second for r in off)
     print(f"batching gain (best throughput, on / off): {gain:.2f}x")

@@ -69,9 +69,11 @@ def bench_prior(prior, seconds: float) -> None:
     decoded = prior.entropy_decode(payload, codes.shape[1], codes.shape[2])
     decode = time.perf_counter() - start
     assert torch.equal(decoded, codes)
-    print(f"prior ({sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M params, {codes.shape[1]} levels): "
-          f"sample {seconds / sample:.1f}x, entropy encode {seconds / encode:.1f}x, "
-          f"entropy decode {seconds / decode:.1f}x real time ({seconds:g} s of tokens)")
+    print(
+        f"prior ({sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M params, {codes.shape[1]} levels): "
+        f"sample {seconds / sample:.1f}x, entropy encode {seconds / encode:.1f}x, "
+        f"entropy decode {seconds / decode:.1f}x real time ({seconds:g} s of tokens)"
+    )
 
 
 def _peak_rss_child(args: list[str], threads: int) -> tuple[float, float]:
@@ -103,9 +105,13 @@ def bench_hour(checkpoint: str | None, threads: int) -> None:
                 f.write((rng.standard_normal(rate * 60) * 0.05).astype(np.float32))
         extra = ["--checkpoint", checkpoint] if checkpoint else []
         rss_e, wall_e = _peak_rss_child(["encode", str(wav), str(Path(tmp) / "hour.vqac"), "-q", *extra], threads)
-        rss_d, wall_d = _peak_rss_child(["decode", str(Path(tmp) / "hour.vqac"), str(Path(tmp) / "out.wav"), "-q", *extra], threads)
-        print(f"1-hour file: encode peak RSS {rss_e:.0f} MB ({3600 / wall_e:.0f}x real time), "
-              f"decode peak RSS {rss_d:.0f} MB ({3600 / wall_d:.0f}x real time)")
+        rss_d, wall_d = _peak_rss_child(
+            ["decode", str(Path(tmp) / "hour.vqac"), str(Path(tmp) / "out.wav"), "-q", *extra], threads
+        )
+        print(
+            f"1-hour file: encode peak RSS {rss_e:.0f} MB ({3600 / wall_e:.0f}x real time), "
+            f"decode peak RSS {rss_d:.0f} MB ({3600 / wall_d:.0f}x real time)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hour", action="store_true", help="also measure peak memory on a 1-hour file")
-    parser.add_argument("--prior", nargs="?", const="bundled", help="also time the prior (a checkpoint; default: bundled, else random)")
+    parser.add_argument(
+        "--prior", nargs="?", const="bundled", help="also time the prior (a checkpoint; default: bundled, else random)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -54,8 +54,14 @@ def time_variant(overrides: list[str], steps: int, warmup: int, compiled: list[s
     segment = int(config.segment_seconds * model_config.sample_rate)
     generator = torch.Generator().manual_seed(0)
     try:
-        sampler = CropSampler(read_manifest(config.manifest, "train"), model_config.sample_rate, segment,
-                              config.kind_weights, 0, progress=False)
+        sampler = CropSampler(
+            read_manifest(config.manifest, "train"),
+            model_config.sample_rate,
+            segment,
+            config.kind_weights,
+            0,
+            progress=False,
+        )
         batches = lambda: sampler.batch(config.batch_size)  # noqa: E731
     except FileNotFoundError:
         batches = lambda: noise_bursts(config.batch_size, segment, generator)  # noqa: E731
@@ -74,13 +80,26 @@ def main(argv: list[str] | None = None) -> None:
     shared = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "ARGS"), default=[],
-                        help="a named set of training.train overrides (one shell-quoted string)")
+    parser.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "ARGS"),
+        default=[],
+        help="a named set of training.train overrides (one shell-quoted string)",
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="append", nargs=2, metavar=("NAME", "MODULES"), default=[],
-                        help="variant NAME runs these trainer modules (comma-separated: model, model.encoder, discriminator) under torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="append",
+        nargs=2,
+        metavar=("NAME", "MODULES"),
+        default=[],
+        help="variant NAME runs these trainer modules (comma-separated: model, model.encoder, discriminator) "
+        "under torch.compile",
+    )
     args = parser.parse_args(own)
     compiled = {name: modules.split(",") for name, modules in args.compile}
     torch.set_num_threads(args.threads)
@@ -90,7 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     for name, extra in variants:
         times = time_variant(shared + shlex.split(extra), args.steps, args.warmup, compiled.get(name, []))
-        print(f"| {name} | {1000 * statistics.median(times):.0f} | {1000 * min(times):.0f} | {1000 * max(times):.0f} |", flush=True)
+        print(
+            f"| {name} | {1000 * statistics.median(times):.0f} | {1000 * min(times):.0f} | {1000 * max(times):.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -124,7 +124,10 @@ class Codec:
         return EncodedAudio(codes, sources[0].num_samples, self.sample_rate, self.model_id, tracks)
 
     def encode_file(
-        self, file: str | Path | BinaryIO | bytes, bitrate: float | None = None, progress: Progress | None = None,
+        self,
+        file: str | Path | BinaryIO | bytes,
+        bitrate: float | None = None,
+        progress: Progress | None = None,
         pitch: bool = False,
     ) -> EncodedAudio:
         """Encode an audio file in bounded memory -> codes [1, K, N]."""
@@ -141,7 +144,9 @@ class Codec:
         return EncodedAudio(codes[None], source.num_samples, self.sample_rate, self.model_id, tracks)
 
     def encode_batch(
-        self, items: Sequence[torch.Tensor | AudioSource], num_levels: int | None = None,
+        self,
+        items: Sequence[torch.Tensor | AudioSource],
+        num_levels: int | None = None,
         progress: Progress | None = None,
     ) -> list[torch.Tensor]:
         """Mono waveforms [1, T_i] at the model's rate, of any lengths, or AudioSources -> codes
@@ -196,7 +201,10 @@ class Codec:
         return torch.stack(self._decode_items(items, [encoded.num_samples] * len(items), tracks))
 
     def decode_batch(
-        self, codes: Sequence[torch.Tensor], num_samples: Sequence[int], pitch: Sequence[PitchTrack | None] | None = None
+        self,
+        codes: Sequence[torch.Tensor],
+        num_samples: Sequence[int],
+        pitch: Sequence[PitchTrack | None] | None = None,
     ) -> list[torch.Tensor]:
         """Codes [K_i, N_i] per item, each with its length num_samples_i at the model's rate (and
         its pitch side stream, or None) -> waveforms [1, num_samples_i] at the model's rate.
@@ -248,7 +256,9 @@ class Codec:
     def _decode_windows(
         self, codes: torch.Tensor, num_samples: int, track: PitchTrack | None, progress: Progress | None = None
     ) -> Iterator[torch.Tensor]:
-        pitch = None if track is None else pitchcode.decoder_pitch(track, self.sample_rate, self.config.decoder.upsample)
+        pitch = (
+            None if track is None else pitchcode.decoder_pitch(track, self.sample_rate, self.config.decoder.upsample)
+        )
         return decode_windows(self.model, codes, num_samples, self.window_frames, progress, pitch)
 
     def check_codes(self, codes: torch.Tensor, num_samples: int, what: str = "codes") -> None:
@@ -265,10 +275,12 @@ class Codec:
             raise CorruptStreamError(f"{what} must have 1 to {q.num_levels} rows (levels), got {levels}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= q.codebook_size):
             raise CorruptStreamError(
-                f"{what} must be in [0, {q.codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]")
+                f"{what} must be in [0, {q.codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]"
+            )
         if self.num_frames(num_samples) != frames:
-            raise CorruptStreamError(f"num_samples {num_samples} needs {self.num_frames(num_samples)} frames, "
-                                     f"{what} have {frames}")
+            raise CorruptStreamError(
+                f"num_samples {num_samples} needs {self.num_frames(num_samples)} frames, {what} have {frames}"
+            )
 
     def _check(self, encoded: EncodedAudio) -> None:
         codes = encoded.codes
@@ -276,7 +288,9 @@ class Codec:
             raise CorruptStreamError(f"codes must be [B, K, N], got shape {tuple(codes.shape)}")
         self.check_codes(codes, encoded.num_samples)
         if encoded.sample_rate != self.sample_rate:
-            raise CorruptStreamError(f"codes are for {encoded.sample_rate} Hz, this model runs at {self.sample_rate} Hz")
+            raise CorruptStreamError(
+                f"codes are for {encoded.sample_rate} Hz, this model runs at {self.sample_rate} Hz"
+            )
         if encoded.pitch is not None:
             if len(encoded.pitch) != codes.shape[0]:
                 raise CorruptStreamError(f"{len(encoded.pitch)} pitch streams for {codes.shape[0]} items of codes")
@@ -311,8 +325,9 @@ class Codec:
         if prior is None:
             return bitstream.write_stream(self.header(encoded), codes=encoded.codes[0].numpy(), pitch=pitch)
         self.check_prior(prior)
-        return bitstream.write_stream(self.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes),
-                                      pitch=pitch)
+        return bitstream.write_stream(
+            self.header(encoded, coding="entropy"), payload=prior.entropy_encode(encoded.codes), pitch=pitch
+        )
 
     def from_bytes(self, data: bytes, prior: TokenPrior | None = None) -> EncodedAudio:
         """A file written by to_bytes -> codes [1, K, N], checked against this model; an

@@ -90,7 +90,9 @@ class FileSource:
         frames = self.file.frames
         declared = _declared_wav_frames(file, self.file) if self.file.format in ("WAV", "WAVEX") else None
         if declared is not None and declared > frames:
-            raise InvalidAudioError(f"{name}: file is truncated (header declares {declared} samples, data holds {frames})")
+            raise InvalidAudioError(
+                f"{name}: file is truncated (header declares {declared} samples, data holds {frames})"
+            )
         if frames <= 0:
             raise InvalidAudioError(f"{name}: audio is empty (0 samples)")
         self.sample_rate = target_rate
@@ -158,7 +160,14 @@ def _declared_wav_frames(file, info: sf.SoundFile) -> int | None:
         if chunk == b"data":
             if size in (0, 0xFFFFFFFF):  # streaming writers leave the size open
                 return None
-            frame_bytes = info.channels * {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "PCM_U8": 1}.get(info.subtype, 0)
+            frame_bytes = info.channels * {
+                "PCM_16": 2,
+                "PCM_24": 3,
+                "PCM_32": 4,
+                "FLOAT": 4,
+                "DOUBLE": 8,
+                "PCM_U8": 1,
+            }.get(info.subtype, 0)
             return size // frame_bytes if frame_bytes else None
         offset += 8 + size + (size & 1)
     return None
@@ -182,7 +191,9 @@ def open_audio(file: str | Path | BinaryIO | bytes, target_rate: int) -> FileSou
     return FileSource(file, target_rate)
 
 
-def write_audio(file: str | Path | BinaryIO, wav: torch.Tensor | np.ndarray, sample_rate: int, format: str = "wav") -> None:
+def write_audio(
+    file: str | Path | BinaryIO, wav: torch.Tensor | np.ndarray, sample_rate: int, format: str = "wav"
+) -> None:
     """Write mono wav [1, T] (or [T]) to a path or binary file as 16-bit WAV or FLAC."""
     samples = _samples(wav)
     if isinstance(file, (str, Path)):
@@ -242,9 +253,15 @@ def _pcm16(samples: np.ndarray, sample_rate: int) -> bytes:
 def _wav_header(num_samples: int, sample_rate: int) -> bytes:
     """The 44-byte header of a mono 16-bit PCM WAV file (as libsndfile writes it)."""
     data_bytes = num_samples * 2
-    return b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16
-    ) + b"data" + struct.pack("<I", data_bytes)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def _at_seekable_start(file: BinaryIO) -> bool:

@@ -235,13 +235,15 @@ def _encode_header(header: StreamHeader, payload_length: int) -> bytes:
     """Every byte of the file before the CRC."""
     model_id = header.model_id.encode("ascii")
     fields = [_varint(getattr(header, name)) for name, _ in _VARINT_FIELDS]
-    return b"".join([
-        MAGIC,
-        bytes([FORMAT_VERSION, CODINGS.index(header.coding), len(model_id)]),
-        model_id,
-        *fields,
-        _varint(payload_length),
-    ])
+    return b"".join(
+        [
+            MAGIC,
+            bytes([FORMAT_VERSION, CODINGS.index(header.coding), len(model_id)]),
+            model_id,
+            *fields,
+            _varint(payload_length),
+        ]
+    )
 
 
 class _Reader:
@@ -307,9 +309,7 @@ def write_stream(
         if codes.shape != expected_shape:
             raise ValueError(f"codes have shape {codes.shape}, header says [K, N] = {list(expected_shape)}")
         if codes.size and (codes.min() < 0 or codes.max() >= header.codebook_size):
-            raise ValueError(
-                f"codes must be in [0, {header.codebook_size}), got [{codes.min()}, {codes.max()}]"
-            )
+            raise ValueError(f"codes must be in [0, {header.codebook_size}), got [{codes.min()}, {codes.max()}]")
         payload = pack_codes(codes, header.bits_per_code)
     else:
         if payload is None or codes is not None:
@@ -331,14 +331,12 @@ def read_stream(data: bytes) -> Stream:
     if not data:
         raise CorruptStreamError("empty input: expected a codec stream")
     if data[: len(MAGIC)] != MAGIC[: len(data)]:
-        raise CorruptStreamError(f"not a codec stream: expected magic {MAGIC!r}, got {data[:len(MAGIC)]!r}")
+        raise CorruptStreamError(f"not a codec stream: expected magic {MAGIC!r}, got {data[: len(MAGIC)]!r}")
     if len(data) < _PREAMBLE_SIZE:
         raise CorruptStreamError(f"truncated preamble: expected {_PREAMBLE_SIZE} bytes, got {len(data)}")
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            f"unsupported format version {version}: this code reads version {FORMAT_VERSION}"
-        )
+        raise UnsupportedVersionError(f"unsupported format version {version}: this code reads version {FORMAT_VERSION}")
 
     reader = _Reader(data, _PREAMBLE_SIZE)
     coding = reader.uint8("coding")

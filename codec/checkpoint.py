@@ -106,9 +106,7 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise CheckpointError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     converted = {}
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:

@@ -183,13 +183,19 @@ def cmd_tokenize(args) -> None:
     results = tokenize(codec, inputs, args.output, args.bitrate, args.shard_size, rank, world, not args.quiet)
     done = sum(not r.skipped for r in results)
     failed = sum(len(r.failed) for r in results)
-    print(f"rank {rank}: {done} shards encoded, {len(results) - done} already present, {failed} files unreadable", file=sys.stderr)
+    print(
+        f"rank {rank}: {done} shards encoded, {len(results) - done} already present, {failed} files unreadable",
+        file=sys.stderr,
+    )
     if world > 1:
         dist.barrier()
     if rank == 0:
         index = write_index(args.output, -(-len(inputs) // args.shard_size))
-        print(f"{index['files']} files, {index['frames']} frames in {len(index['shards'])} shards; "
-              f"{len(index['failed'])} unreadable (listed in index.json)", file=sys.stderr)
+        print(
+            f"{index['files']} files, {index['frames']} frames in {len(index['shards'])} shards; "
+            f"{len(index['failed'])} unreadable (listed in index.json)",
+            file=sys.stderr,
+        )
     if world > 1:
         dist.destroy_process_group()
 
@@ -207,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("output", help="codec file or - for stdout")
     enc.add_argument("--bitrate", type=float, default=None, help="kbps (0.5 to 6); default: the highest")
     enc.add_argument("--entropy", action="store_true", help="entropy-code the tokens with the prior")
-    enc.add_argument("--pitch", action="store_true",
-                     help="also send the input's f0 (about 0.2 kbps): the decoder's pulses stay in phase with the input")
+    enc.add_argument(
+        "--pitch",
+        action="store_true",
+        help="also send the input's f0 (about 0.2 kbps): the decoder's pulses stay in phase with the input",
+    )
     common(enc)
     enc.add_argument("--prior", help="prior checkpoint for --entropy; default: the bundled prior")
 
@@ -267,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codec: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"codec: error: {error.strerror or error}: {getattr(error, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        print(
+            f"codec: error: {error.strerror or error}: {getattr(error, 'filename', '') or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("codec: interrupted", file=sys.stderr)

@@ -53,7 +53,11 @@ class QuantizerConfig:
     # Fields that steer training alone: configs differing only in these hold the same tensors and
     # quantize alike, so a warm start carries the codebooks over.
     TRAINING_FIELDS: ClassVar[tuple[str, ...]] = (
-        "commitment_weight", "ema_decay", "dead_code_threshold", "split_step", "level_dropout",
+        "commitment_weight",
+        "ema_decay",
+        "dead_code_threshold",
+        "split_step",
+        "level_dropout",
     )
 
 
@@ -166,8 +170,10 @@ def _without_retired(part: str, values: dict[str, Any]) -> dict[str, Any]:
         if retired_part == part and name in values:
             value = values.pop(name)
             if built is not None and value != built:
-                raise ValueError(f"{part}.{name} = {value!r}: this version builds only {built!r} "
-                                 f"(the model was made by an earlier version of vqcodec)")
+                raise ValueError(
+                    f"{part}.{name} = {value!r}: this version builds only {built!r} "
+                    f"(the model was made by an earlier version of vqcodec)"
+                )
     return values
 
 

@@ -64,8 +64,10 @@ class PitchHead(nn.Module):
         super().__init__()
         padding = kernel_size // 2
         self.net = nn.Sequential(
-            nn.Conv1d(channels, channels, kernel_size, padding=padding), nn.GELU(),
-            nn.Conv1d(channels, channels, kernel_size, padding=padding), nn.GELU(),
+            nn.Conv1d(channels, channels, kernel_size, padding=padding),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, kernel_size, padding=padding),
+            nn.GELU(),
             nn.Conv1d(channels, 2, 1),
         )
         # Starts unvoiced: every frame takes the phase predicted for it until f0 is learnt.
@@ -80,7 +82,9 @@ class PitchHead(nn.Module):
 class ISTFTHead(nn.Module):
     """Frames [B, C, M] -> waveform [B, 1, M * hop] through predicted log-magnitude and phase."""
 
-    def __init__(self, channels: int, n_fft: int, hop: int, pitch_range: tuple[float, float] = (60 / 16000, 400 / 16000)):
+    def __init__(
+        self, channels: int, n_fft: int, hop: int, pitch_range: tuple[float, float] = (60 / 16000, 400 / 16000)
+    ):
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
         self.proj = nn.Conv1d(channels, n_fft + 2, 1)
@@ -172,9 +176,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(
             GatedResidualLayer(c, config.skip_channels, config.kernel_size, d) for d in config.dilations
         )
-        self.post = nn.Sequential(
-            nn.GELU(), nn.Conv1d(config.skip_channels, config.skip_channels, 1), nn.GELU()
-        )
+        self.post = nn.Sequential(nn.GELU(), nn.Conv1d(config.skip_channels, config.skip_channels, 1), nn.GELU())
         pitch_range = (config.pitch_min_hz / sample_rate, config.pitch_max_hz / sample_rate)
         self.head = ISTFTHead(config.skip_channels, config.n_fft, hop_length // u, pitch_range)
         # Each latent frame -> `upsample` frames of log-magnitudes, linearly, beside the stack:

@@ -1,7 +1,8 @@
 """Convolutional encoder: waveform [B, 1, T] -> latents [B, D, N] at the code frame rate.
 
-The first stage is a short-time Fourier transform (log-magnitudes), so all learned layers run at the STFT frame rate (100/s by default) rather than the
-16 kHz sample rate; on a 2-core CPU that is the difference between 10x and 100x real time.
+The first stage is a short-time Fourier transform (log-magnitudes), so all learned layers run at
+the STFT frame rate (100/s by default) rather than the 16 kHz sample rate; on a 2-core CPU that
+is the difference between 10x and 100x real time.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ class Encoder(nn.Module):
         bins = config.n_fft // 2 + 1
         channels = config.channels
         self.input = nn.Conv1d(bins, channels, config.kernel_size, padding=config.kernel_size // 2)
-        self.blocks = nn.Sequential(
-            *(ResidualUnit(channels, config.kernel_size, d) for d in config.dilations)
-        )
+        self.blocks = nn.Sequential(*(ResidualUnit(channels, config.kernel_size, d) for d in config.dilations))
         stride = self.stride
         if stride > 1:
             self.down = nn.Conv1d(channels, channels, 2 * stride, stride=stride, padding=stride // 2)

@@ -20,9 +20,7 @@ class PitchTrack:
     voiced: torch.Tensor  # [B, M] bool
 
 
-def estimate_f0(
-    wav: torch.Tensor, n_fft: int, hop: int, low: float, high: float, threshold: float = 0.5
-) -> PitchTrack:
+def estimate_f0(wav: torch.Tensor, n_fft: int, hop: int, low: float, high: float, threshold: float = 0.5) -> PitchTrack:
     """wav [B, M * hop] -> one f0 per frame, searched between `low` and `high` cycles per sample.
 
     Normalised autocorrelation of each Hann-windowed frame, divided by the window's own

@@ -58,7 +58,9 @@ class Block(nn.Module):
         self.qkv = nn.Linear(config.dim, 3 * config.dim)
         self.proj = nn.Linear(config.dim, config.dim)
         self.norm2 = nn.LayerNorm(config.dim)
-        self.mlp = nn.Sequential(nn.Linear(config.dim, 4 * config.dim), nn.GELU(), nn.Linear(4 * config.dim, config.dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.dim, 4 * config.dim), nn.GELU(), nn.Linear(4 * config.dim, config.dim)
+        )
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: KV | None, mask: torch.Tensor | None
@@ -115,9 +117,7 @@ class TokenPriorModel(nn.Module):
         start = self.start.expand(codes.shape[0], 1, -1)
         return torch.cat([start, summed[:, :-1]], dim=1) + self.count_embed.weight[levels - 1]
 
-    def temporal(
-        self, x: torch.Tensor, start: int, past: list[KV] | None = None
-    ) -> tuple[torch.Tensor, list[KV]]:
+    def temporal(self, x: torch.Tensor, start: int, past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
         """Frame states h [B, T, D] for inputs x [B, T, D] at positions start.. (past: cached keys/values)."""
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         cos, sin = rotary(positions, self.config.dim // self.config.heads)

@@ -1,8 +1,8 @@
 """The prior's public face: load it, sample token streams, score recordings in bits per second.
 
-    prior = TokenPrior.load()                    # bundled prior (or a path)
-    codes = prior.sample(seconds=5, temperature=0.9, top_k=50, seed=1)   # [1, K, N]
-    audio = codec.decode(EncodedAudio(codes, ...))
+prior = TokenPrior.load()                    # bundled prior (or a path)
+codes = prior.sample(seconds=5, temperature=0.9, top_k=50, seed=1)   # [1, K, N]
+audio = codec.decode(EncodedAudio(codes, ...))
 """
 
 from __future__ import annotations
@@ -71,14 +71,21 @@ class TokenPrior:
         """Why this prior cannot model `codec`'s tokens (a codec.api.Codec), or None if it can."""
         q = codec.config.quantizer
         if self.codec_model_id != codec.model_id:
-            return f"the prior models the tokens of {self.codec_model_id or 'an unnamed codec'}, not of {codec.model_id}"
+            return (
+                f"the prior models the tokens of {self.codec_model_id or 'an unnamed codec'}, not of {codec.model_id}"
+            )
         if self.num_levels > q.num_levels or self.codebook_size != q.codebook_size:
-            return f"the prior's {self.num_levels} x {self.codebook_size} codes do not fit the codec's {q.num_levels} x {q.codebook_size}"
+            return (
+                f"the prior's {self.num_levels} x {self.codebook_size} codes do not fit the codec's "
+                f"{q.num_levels} x {q.codebook_size}"
+            )
         return None
 
     def _check_codes(self, codes: torch.Tensor, what: str) -> None:
         if codes.dim() != 3 or codes.shape[0] != 1 or not 1 <= codes.shape[1] <= self.num_levels:
-            raise ValueError(f"{what} must be codes [1, K, N] with 1 <= K <= {self.num_levels}, got {tuple(codes.shape)}")
+            raise ValueError(
+                f"{what} must be codes [1, K, N] with 1 <= K <= {self.num_levels}, got {tuple(codes.shape)}"
+            )
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"{what} codes must be in [0, {self.codebook_size})")
 
@@ -157,7 +164,8 @@ class TokenPrior:
             raise CorruptStreamError("entropy-coded payload is truncated")
         if payload[: len(identity)] != identity:
             raise CorruptStreamError(
-                f"stream was entropy-coded with prior {payload[:len(identity)].hex()}, the loaded prior is {identity.hex()}"
+                f"stream was entropy-coded with prior {payload[: len(identity)].hex()}, the loaded prior is "
+                f"{identity.hex()}"
             )
         if not 1 <= num_levels <= self.num_levels:
             raise CorruptStreamError(f"stream has {num_levels} levels, the prior models 1 to {self.num_levels}")

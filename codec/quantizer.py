@@ -136,7 +136,9 @@ class VectorQuantizer(nn.Module):
         vectors = vectors.reshape(-1, z.shape[1]).detach()
         return vectors, vectors if vectors.shape[0] else z.transpose(1, 2).reshape(-1, z.shape[1]).detach()
 
-    def forward(self, z: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, active: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize z [B, D, N]. Returns (output [B, D, N] with straight-through gradients, codes
         [B, N], commitment loss [B]). `active` [B] (bool) marks the items that use this level;
         only they update the codebook."""

@@ -38,7 +38,9 @@ class KVCache:
             self.layers = [(torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(self.layers, new)]
         keep = self.context - 1  # so that a new frame attends to at most `context` frames, itself included
         if self.layers[0][0].shape[2] > keep:
-            self.layers = [(k[:, :, -keep:], v[:, :, -keep:]) if keep > 0 else (k[:, :, :0], v[:, :, :0]) for k, v in self.layers]
+            self.layers = [
+                (k[:, :, -keep:], v[:, :, -keep:]) if keep > 0 else (k[:, :, :0], v[:, :, :0]) for k, v in self.layers
+            ]
         self.length += new[0][0].shape[2]
 
 

@@ -74,7 +74,9 @@ def _read_metadata(path: Path) -> dict | None:
         return None
 
 
-def encode_shard(codec: Codec, files: list[str], bitrate: float | None, index: int, out_dir: Path, progress=None) -> ShardResult:
+def encode_shard(
+    codec: Codec, files: list[str], bitrate: float | None, index: int, out_dir: Path, progress=None
+) -> ShardResult:
     path = _shard_path(out_dir, index)
     meta = _read_metadata(path) if path.exists() else None
     if meta and meta["model_id"] == codec.model_id and meta["files"] == files and meta["bitrate"] == bitrate:
@@ -94,11 +96,21 @@ def encode_shard(codec: Codec, files: list[str], bitrate: float | None, index: i
             progress(1)
     levels = codec.num_levels(bitrate)
     codes = torch.cat(pieces, dim=-1) if pieces else torch.zeros(levels, 0, dtype=torch.int16)
-    meta = {"model_id": codec.model_id, "files": kept, "failed": failed, "bitrate": bitrate,
-            "frames": int(codes.shape[-1]), "num_levels": levels, "frame_rate": codec.config.frame_rate}
+    meta = {
+        "model_id": codec.model_id,
+        "files": kept,
+        "failed": failed,
+        "bitrate": bitrate,
+        "frames": int(codes.shape[-1]),
+        "num_levels": levels,
+        "frame_rate": codec.config.frame_rate,
+    }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({"codes": codes.contiguous(), "offsets": torch.tensor(offsets, dtype=torch.int64)}, str(tmp),
-              metadata={"tokenizer": json.dumps(meta)})
+    save_file(
+        {"codes": codes.contiguous(), "offsets": torch.tensor(offsets, dtype=torch.int64)},
+        str(tmp),
+        metadata={"tokenizer": json.dumps(meta)},
+    )
     tmp.replace(path)
     return ShardResult(index, path, len(files), meta["frames"], failed, False)
 

@@ -18,8 +18,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -135,8 +135,9 @@ class DynamicBatcher(Generic[P, R]):
         finally:
             expected.release()
 
-    async def submit(self, key: Hashable, payload: P, timeout: float, alone: bool = False,
-                     expected: Expected | None = None) -> R:
+    async def submit(
+        self, key: Hashable, payload: P, timeout: float, alone: bool = False, expected: Expected | None = None
+    ) -> R:
         """Queue one job and wait for its result; `alone` jobs run in a batch of their own."""
         if expected is not None:
             expected.release()
@@ -215,7 +216,9 @@ class DynamicBatcher(Generic[P, R]):
             now = time.monotonic()
             start = time.perf_counter()
             try:
-                results: Any = await loop.run_in_executor(self.executor, self.process, jobs[0].key, [j.payload for j in jobs])
+                results: Any = await loop.run_in_executor(
+                    self.executor, self.process, jobs[0].key, [j.payload for j in jobs]
+                )
                 if len(results) != len(jobs):
                     raise RuntimeError(f"{self.name}: {len(results)} results for {len(jobs)} jobs")
             except Exception as error:  # noqa: BLE001 - handed to every caller of the batch

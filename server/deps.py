@@ -36,8 +36,12 @@ def require_api_key(
     given = credentials.credentials.encode() if credentials is not None else b""
     # Constant time, so the response time says nothing about how much of a guess was right.
     if not hmac.compare_digest(given, expected):
-        raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "unauthorized",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing or wrong API key (Authorization: Bearer <key>)",
+            "unauthorized",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -160,7 +160,9 @@ class CodecEngine:
             raise InvalidAudioError(f"audio has {channels} channels; at most {s.max_channels} are accepted")
         if not s.min_sample_rate <= source.input_rate <= s.max_sample_rate:
             raise InvalidAudioError(
-                f"sample rate {source.input_rate} Hz is outside the {s.min_sample_rate} to {s.max_sample_rate} Hz accepted")
+                f"sample rate {source.input_rate} Hz is outside the {s.min_sample_rate} to {s.max_sample_rate} "
+                f"Hz accepted"
+            )
         seconds = source.input_frames / source.input_rate
         if seconds > s.max_audio_seconds:
             raise too_large(f"audio lasts {seconds:.1f} s; at most {s.max_audio_seconds:g} s are accepted")
@@ -196,7 +198,9 @@ class CodecEngine:
         server, a 422 naming the problem if they are not the model's (`Codec.check_codes`)."""
         frames = len(codes[0]) if codes else 0
         if any(len(row) != frames for row in codes):
-            raise unprocessable(f"{what} rows must all have the same length; got lengths {sorted({len(r) for r in codes})}")
+            raise unprocessable(
+                f"{what} rows must all have the same length; got lengths {sorted({len(r) for r in codes})}"
+            )
         if frames == 0:
             raise unprocessable(f"{what} have no frames")
         if frames > self.max_frames:
@@ -242,14 +246,16 @@ class CodecEngine:
         return self.codec.encode_batch([job.wav for job in jobs], levels)
 
     def _decode_batch(self, key: Hashable, jobs: Sequence[DecodeJob]) -> list[torch.Tensor]:
-        return self.codec.decode_batch([job.codes for job in jobs], [job.num_samples for job in jobs],
-                                       [job.pitch for job in jobs])
+        return self.codec.decode_batch(
+            [job.codes for job in jobs], [job.num_samples for job in jobs], [job.pitch for job in jobs]
+        )
 
     def _sample_batch(self, key: Hashable, jobs: Sequence[SampleJob]) -> list[torch.Tensor]:
         job = jobs[0]
         try:
-            codes = self.prior.sample(job.seconds, temperature=job.temperature, top_k=job.top_k, seed=job.seed,
-                                      prompt=job.prompt)  # [1, K, N]
+            codes = self.prior.sample(
+                job.seconds, temperature=job.temperature, top_k=job.top_k, seed=job.seed, prompt=job.prompt
+            )  # [1, K, N]
         except ValueError as error:  # the prior's own argument checks
             raise unprocessable(str(error)) from None
         return [codes[0].cpu().long()]

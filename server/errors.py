@@ -67,8 +67,11 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(CodecError)
     async def codec_error(request: Request, error: CodecError):
-        kind = "corrupt_stream" if isinstance(error, CorruptStreamError) else (
-            "invalid_audio" if isinstance(error, InvalidAudioError) else "codec_error")
+        kind = (
+            "corrupt_stream"
+            if isinstance(error, CorruptStreamError)
+            else ("invalid_audio" if isinstance(error, InvalidAudioError) else "codec_error")
+        )
         return _respond(request, 400, str(error), kind)
 
     @app.exception_handler(RequestValidationError)
@@ -82,8 +85,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, error: QueueFull):
-        return _respond(request, 503, f"server busy: {error}; retry later", "queue_full",
-                        {"Retry-After": str(retry_after_s)})
+        return _respond(
+            request, 503, f"server busy: {error}; retry later", "queue_full", {"Retry-After": str(retry_after_s)}
+        )
 
     @app.exception_handler(QueueTimeout)
     async def queue_timeout(request: Request, error: QueueTimeout):

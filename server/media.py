@@ -34,8 +34,11 @@ def accepts(request: Request, media_type: str) -> bool:
 
 
 def unsupported(got: str, expected: tuple[str, ...]) -> ApiError:
-    return ApiError(415, f"unsupported content type {got or '(none)'!r}; send one of: {', '.join(expected)}",
-                    "unsupported_media_type")
+    return ApiError(
+        415,
+        f"unsupported content type {got or '(none)'!r}; send one of: {', '.join(expected)}",
+        "unsupported_media_type",
+    )
 
 
 def audio_format(request: Request, requested: str | None) -> str:

@@ -17,23 +17,40 @@ class Metrics(BatchObserver):
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_duration = Histogram(
-            "codec_request_duration_seconds", "Time from request to response, by route and status",
-            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r,
+            "codec_request_duration_seconds",
+            "Time from request to response, by route and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("codec_requests_in_flight", "Requests being handled", registry=r)
         self.queue_wait = Histogram(
-            "codec_queue_wait_seconds", "Time a job waited before its batch ran", ["queue"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "codec_queue_wait_seconds",
+            "Time a job waited before its batch ran",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth_gauge = Gauge("codec_queue_depth", "Jobs waiting for the model", ["queue"], registry=r)
         self.batch_size = Histogram(
-            "codec_batch_size", "Jobs per model call", ["queue"], buckets=BATCH_BUCKETS, registry=r,
+            "codec_batch_size",
+            "Jobs per model call",
+            ["queue"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_duration = Histogram(
-            "codec_batch_duration_seconds", "Model time per batch", ["queue"], buckets=LATENCY_BUCKETS, registry=r,
+            "codec_batch_duration_seconds",
+            "Model time per batch",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.audio_seconds = Counter(
-            "codec_audio_seconds", "Seconds of audio processed, by operation", ["operation"], registry=r,
+            "codec_audio_seconds",
+            "Seconds of audio processed, by operation",
+            ["operation"],
+            registry=r,
         )
         self.errors = Counter("codec_errors", "Failed requests, by kind", ["kind"], registry=r)
 

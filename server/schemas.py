@@ -17,10 +17,23 @@ CodeRows = Annotated[
 class Tokens(BaseModel):
     """Codes with what is needed to decode them; /encode and /sample return it, /decode takes it."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "codes": CODES_EXAMPLE, "num_samples": 1280, "sample_rate": 16000, "frame_rate": 50.0,
-        "num_levels": 2, "codebook_size": 1024, "bitrate": 1.0, "duration": 0.08, "model_id": "vqcodec-16k:0123456789ab",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "codes": CODES_EXAMPLE,
+                    "num_samples": 1280,
+                    "sample_rate": 16000,
+                    "frame_rate": 50.0,
+                    "num_levels": 2,
+                    "codebook_size": 1024,
+                    "bitrate": 1.0,
+                    "duration": 0.08,
+                    "model_id": "vqcodec-16k:0123456789ab",
+                }
+            ]
+        }
+    )
 
     codes: list[list[int]] = Field(description="[K][N]: K levels, N frames")
     num_samples: int = Field(description="length of the audio at sample_rate; decoding crops to it")
@@ -36,9 +49,18 @@ class Tokens(BaseModel):
 class TokensIn(BaseModel):
     """Codes to decode: the `Tokens` that /encode returns (extra fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "codes": CODES_EXAMPLE, "num_samples": 1280, "model_id": "vqcodec-16k:0123456789ab",
-    }]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "codes": CODES_EXAMPLE,
+                    "num_samples": 1280,
+                    "model_id": "vqcodec-16k:0123456789ab",
+                }
+            ]
+        },
+    )
 
     codes: CodeRows
     num_samples: int | None = Field(None, ge=0, le=2**40, description="default: every frame, N x hop samples")
@@ -47,17 +69,25 @@ class TokensIn(BaseModel):
 
 
 class SampleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"seconds": 3.0, "temperature": 0.9, "top_k": 50, "seed": 7},
-        {"seconds": 4.0, "prompt": CODES_EXAMPLE},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"seconds": 3.0, "temperature": 0.9, "top_k": 50, "seed": 7},
+                {"seconds": 4.0, "prompt": CODES_EXAMPLE},
+            ]
+        },
+    )
 
     seconds: float = Field(gt=0, allow_inf_nan=False, description="seconds to sample (after the prompt, if any)")
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="0: always the most likely code; else at least 0.01")
+    temperature: float = Field(
+        1.0, ge=0, le=10, allow_inf_nan=False, description="0: always the most likely code; else at least 0.01"
+    )
     top_k: int | None = Field(None, ge=1, description="sample among the k most likely codes; None: all")
     seed: int = Field(0, ge=0, lt=2**63)
     prompt: CodeRows | None = Field(
-        None, description="codes [K][P] to continue; the answer starts with them and has their K levels")
+        None, description="codes [K][P] to continue; the answer starts with them and has their K levels"
+    )
 
 
 class PriorInfo(BaseModel):

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     # Dynamic batching. Inputs up to `batch_max_seconds` are batched; longer ones run alone, in
     # windows of bounded memory.
     max_batch_size: int = Field(16, ge=1)
-    batch_max_wait_ms: float = Field(5.0, ge=0, description=(
-        "longest a batch waits for requests still being read; a lone request runs at once"))
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, description=("longest a batch waits for requests still being read; a lone request runs at once")
+    )
     batch_max_seconds: float = Field(10.0, gt=0)
     max_queue: int = Field(256, ge=1, description="requests waiting for the model; beyond it: 503")
     request_timeout_s: float = Field(60.0, gt=0, description="queue wait plus model time; beyond it: 504")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny import tiny_config
 
 from codec import Codec, build_model
-from tiny import tiny_config
 
 
 def harmonic_signal(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
@@ -57,9 +57,19 @@ def tiny_corpus(tmp_path_factory) -> Path:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         audio = harmonic_signal(1.5 + 0.25 * index, 16000, index)
         sf.write(root / path, audio, 16000, subtype="PCM_16")
-        entries.append({"path": str(path), "source_package": "synthetic", "original_path": str(path),
-                        "license": "CC0", "duration": len(audio) / 16000, "split": split, "kind": kind,
-                        "group": f"g{index}", "sample_rate": 16000})
+        entries.append(
+            {
+                "path": str(path),
+                "source_package": "synthetic",
+                "original_path": str(path),
+                "license": "CC0",
+                "duration": len(audio) / 16000,
+                "split": split,
+                "kind": kind,
+                "group": f"g{index}",
+                "sample_rate": 16000,
+            }
+        )
     (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     return root / "manifest.jsonl"
 
@@ -79,8 +89,16 @@ def tiny_prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory) -> Path:
     from codec.prior_api import TokenPrior
 
     torch.manual_seed(0)
-    config = PriorConfig(num_levels=4, codebook_size=64, dim=32, layers=1, heads=2, depth_hidden=32, context=64,
-                         codec_model_id=Codec.load(tiny_checkpoint).model_id)
+    config = PriorConfig(
+        num_levels=4,
+        codebook_size=64,
+        dim=32,
+        layers=1,
+        heads=2,
+        depth_hidden=32,
+        context=64,
+        codec_model_id=Codec.load(tiny_checkpoint).model_id,
+    )
     path = tmp_path_factory.mktemp("checkpoints") / "tiny-prior.safetensors"
     TokenPrior(TokenPriorModel(config), "prior:tiny").save(path)
     return path

@@ -44,10 +44,22 @@ def start_server(env: dict[str, str], log: Path, timeout: float = 120.0) -> Serv
     port = free_port()
     with open(log, "w") as out:  # a file, not a pipe: a pipe nobody reads would block the server
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-            cwd=ROOT, env={**os.environ, "CODEC_TORCH_THREADS": "1", **env},
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "server.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "CODEC_TORCH_THREADS": "1", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import harmonic_signal
 
 from codec import Codec
 from codec.audio import TensorSource
 from codec.errors import CodecError, CorruptStreamError
-from conftest import harmonic_signal
 
 
 def clip(seconds: float, seed: int) -> torch.Tensor:
@@ -65,13 +65,16 @@ def test_decode_batch_takes_a_pitch_stream(tiny_codec: Codec):
     assert torch.equal(tiny_codec.decode(encoded)[0], with_pitch)
 
 
-@pytest.mark.parametrize("codes, num_samples, message", [
-    (torch.zeros(5, 3, dtype=torch.long), 960, "1 to 4 rows"),
-    (torch.full((2, 3), 64), 960, r"\[0, 64\)"),
-    (torch.zeros(2, 3, dtype=torch.long), 5000, "num_samples 5000 needs 16 frames"),
-    (torch.zeros(2, 3), 960, "integers"),
-    (torch.zeros(3, dtype=torch.long), 960, r"\[K, N\]"),
-])
+@pytest.mark.parametrize(
+    "codes, num_samples, message",
+    [
+        (torch.zeros(5, 3, dtype=torch.long), 960, "1 to 4 rows"),
+        (torch.full((2, 3), 64), 960, r"\[0, 64\)"),
+        (torch.zeros(2, 3, dtype=torch.long), 5000, "num_samples 5000 needs 16 frames"),
+        (torch.zeros(2, 3), 960, "integers"),
+        (torch.zeros(3, dtype=torch.long), 960, r"\[K, N\]"),
+    ],
+)
 def test_one_code_check(tiny_codec: Codec, codes, num_samples, message):
     with pytest.raises(CorruptStreamError, match=message):
         tiny_codec.check_codes(codes, num_samples)

@@ -192,15 +192,17 @@ def test_file_is_the_documented_layout(header, seed):
 def test_bytes_of_a_small_file():
     header = StreamHeader("m", 8, 3, 2, 5, 7, 3)
     data = write_stream(header, codes=np.array([[0, 4, 2], [1, 3, 4]]))
-    assert data.hex(" ") == " ".join([
-        "56 51 41 43",  # magic
-        "01 00",  # version 1, packed
-        "01 6d",  # model_id "m"
-        "08 03 02 05 07",  # sample_rate, hop_length, num_levels, codebook_size, num_samples
-        "03",  # payload length
-        "68 f0 08 c0",  # CRC32
-        "06 35 00",  # codes 0 1 | 4 3 | 2 4 in 3 bits each, then zero padding
-    ])
+    assert data.hex(" ") == " ".join(
+        [
+            "56 51 41 43",  # magic
+            "01 00",  # version 1, packed
+            "01 6d",  # model_id "m"
+            "08 03 02 05 07",  # sample_rate, hop_length, num_levels, codebook_size, num_samples
+            "03",  # payload length
+            "68 f0 08 c0",  # CRC32
+            "06 35 00",  # codes 0 1 | 4 3 | 2 4 in 3 bits each, then zero padding
+        ]
+    )
 
 
 def test_ten_seconds_at_6_kbps_is_7500_bytes_of_payload():

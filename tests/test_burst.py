@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_MODEL
 
 from codec import Codec
 from training import burst
-from tiny import TINY_MODEL
 from training.train import TrainConfig, train
 
 
@@ -19,12 +19,34 @@ from training.train import TrainConfig, train
 @pytest.mark.skipif(shutil.which("opusenc") is None, reason="needs opusenc (apt-get install opus-tools)")
 def test_pack_run_merge_sends_only_changed_weights_and_brings_training_back(tiny_corpus, tmp_path, monkeypatch):
     base_run = tmp_path / "base"
-    train(TrainConfig(manifest=str(tiny_corpus), run_dir=str(base_run), model=TINY_MODEL, batch_size=2, steps=2,
-                      val_every=10**6, threads=2))
+    train(
+        TrainConfig(
+            manifest=str(tiny_corpus),
+            run_dir=str(base_run),
+            model=TINY_MODEL,
+            batch_size=2,
+            steps=2,
+            val_every=10**6,
+            threads=2,
+        )
+    )
     base = base_run / "last.safetensors"
     run = tmp_path / "run"
-    train(TrainConfig(manifest=str(tiny_corpus), run_dir=str(run), model=TINY_MODEL, batch_size=2, steps=2, val_every=10**6,
-                      threads=2, init_from=str(base), freeze="encoder,quantizer", adversarial=True, adversarial_items=2))
+    train(
+        TrainConfig(
+            manifest=str(tiny_corpus),
+            run_dir=str(run),
+            model=TINY_MODEL,
+            batch_size=2,
+            steps=2,
+            val_every=10**6,
+            threads=2,
+            init_from=str(base),
+            freeze="encoder,quantizer",
+            adversarial=True,
+            adversarial_items=2,
+        )
+    )
     monkeypatch.setattr(burst, "WHEELS", ())  # no downloads in tests
     monkeypatch.setattr(burst, "download_wheels", lambda folder: folder.mkdir(parents=True))
     pack = tmp_path / "pack"
@@ -38,8 +60,25 @@ def test_pack_run_merge_sends_only_changed_weights_and_brings_training_back(tiny
     assert all((pack / e["path"]).stat().st_size > 0 for e in entries)
 
     out = tmp_path / "out"
-    burst.main(["run", "--pack", str(pack), "--minutes", "0.02", "--batch-size", "2", "--log-every", "1", "--out", str(out),
-                "--work", str(tmp_path / "work"), "--base", str(base)])
+    burst.main(
+        [
+            "run",
+            "--pack",
+            str(pack),
+            "--minutes",
+            "0.02",
+            "--batch-size",
+            "2",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--base",
+            str(base),
+        ]
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all("disc/loss" in r for r in records if "loss" in r)
     returned = load_file(out / "weights.safetensors")

@@ -9,8 +9,8 @@ import soundfile as sf
 from conftest import harmonic_signal
 
 from training import cleanset
-from training.data import read_manifest
 from training.corpus import write_manifest
+from training.data import read_manifest
 
 
 def test_g722_prompts_decode_to_the_signal_that_was_coded(tmp_path):
@@ -23,7 +23,7 @@ def test_g722_prompts_decode_to_the_signal_that_was_coded(tmp_path):
     assert decoded.dtype == np.float32 and abs(len(decoded) - len(audio)) <= 2
     n = min(len(decoded), len(audio))
     # G.722 has a short fixed delay: compare at the best lag.
-    best = max(np.corrcoef(decoded[lag:n], audio[:n - lag])[0, 1] for lag in range(0, 40))
+    best = max(np.corrcoef(decoded[lag:n], audio[: n - lag])[0, 1] for lag in range(0, 40))
     assert best > 0.98
 
 

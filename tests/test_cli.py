@@ -62,8 +62,14 @@ def test_stdin_stdout_and_resampling(checkpoint, tmp_path):
 
 def test_decode_to_flac(checkpoint, tmp_path):
     sf.write(tmp_path / "in.wav", np.zeros(8000), 16000)
-    assert run("encode", str(tmp_path / "in.wav"), str(tmp_path / "x.vqac"), "--checkpoint", str(checkpoint)).returncode == 0
-    assert run("decode", str(tmp_path / "x.vqac"), str(tmp_path / "x.flac"), "--checkpoint", str(checkpoint)).returncode == 0
+    assert (
+        run("encode", str(tmp_path / "in.wav"), str(tmp_path / "x.vqac"), "--checkpoint", str(checkpoint)).returncode
+        == 0
+    )
+    assert (
+        run("decode", str(tmp_path / "x.vqac"), str(tmp_path / "x.flac"), "--checkpoint", str(checkpoint)).returncode
+        == 0
+    )
     assert sf.info(tmp_path / "x.flac").format == "FLAC"
 
 

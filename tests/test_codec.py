@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import harmonic_signal, make_tiny_codec
 
 from codec import Codec, CodecConfig, build_model
 from codec.audio import FileSource, TensorSource
 from codec.checkpoint import CheckpointError
 from codec.errors import CorruptStreamError, InvalidAudioError
 from codec.windowing import decode_windows, encode_source
-from conftest import harmonic_signal, make_tiny_codec
 
 SPEECH = Path(__file__).parent / "data" / "arctic_a0009.wav"
 

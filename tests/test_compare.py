@@ -19,14 +19,31 @@ def write(path, rows):
 
 
 def row(file, pesq, mel, family="ours", setting="3 kbps", stoi=""):
-    return {"file": file, "family": family, "setting": setting, "pesq_wb": pesq, "stoi": stoi, "si_sdr": -20, "mel_distance": mel}
+    return {
+        "file": file,
+        "family": family,
+        "setting": setting,
+        "pesq_wb": pesq,
+        "stoi": stoi,
+        "si_sdr": -20,
+        "mel_distance": mel,
+    }
 
 
 def test_paired_differences_signs_and_pairing(tmp_path):
-    old = write(tmp_path / "old.csv", [row("a", 1.0, 0.30), row("b", 2.0, 0.20), row("c", 1.5, 0.10, stoi=0.8),
-                                       row("a", 3.0, 0.1, family="opus", setting="6 kbps")])
-    new = write(tmp_path / "new.csv", [row("a", 1.5, 0.20), row("b", 2.1, 0.25), row("c", 1.4, 0.05, stoi=0.9),
-                                       row("d", 9.0, 0.0)])
+    old = write(
+        tmp_path / "old.csv",
+        [
+            row("a", 1.0, 0.30),
+            row("b", 2.0, 0.20),
+            row("c", 1.5, 0.10, stoi=0.8),
+            row("a", 3.0, 0.1, family="opus", setting="6 kbps"),
+        ],
+    )
+    new = write(
+        tmp_path / "new.csv",
+        [row("a", 1.5, 0.20), row("b", 2.1, 0.25), row("c", 1.4, 0.05, stoi=0.9), row("d", 9.0, 0.0)],
+    )
     diffs = {(d.setting, d.metric): d for d in paired_diffs(read_scores(new), read_scores(old))}
     # "d" has no old score and opus no new one: neither is paired.
     assert {s for s, _ in diffs} == {"3 kbps"}

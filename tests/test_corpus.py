@@ -7,14 +7,42 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.corpus import (SAMPLE_RATE, ManifestEntry, SourceReport, build_source,
-                             extract_archive, read_journal, read_manifest, rebuild_manifest,
-                             split_chunks, write_manifest)
-from training.sources import (ALL, SOURCES, SOURCES_BY_NAME, Item, Source, group_of,
-                              package_items, parse_stamp_text, safe_name, split_for)
+from training.corpus import (
+    SAMPLE_RATE,
+    ManifestEntry,
+    SourceReport,
+    build_source,
+    extract_archive,
+    read_journal,
+    read_manifest,
+    rebuild_manifest,
+    split_chunks,
+    write_manifest,
+)
+from training.sources import (
+    ALL,
+    SOURCES,
+    SOURCES_BY_NAME,
+    Item,
+    Source,
+    group_of,
+    package_items,
+    parse_stamp_text,
+    safe_name,
+    split_for,
+)
 
-MANIFEST_KEYS = {"path", "source_package", "original_path", "license", "duration", "split",
-                 "kind", "group", "sample_rate"}
+MANIFEST_KEYS = {
+    "path",
+    "source_package",
+    "original_path",
+    "license",
+    "duration",
+    "split",
+    "kind",
+    "group",
+    "sample_rate",
+}
 
 
 def tone(seconds: float, rate: int = 22050, channels: int = 2) -> np.ndarray:
@@ -23,21 +51,30 @@ def tone(seconds: float, rate: int = 22050, channels: int = 2) -> np.ndarray:
 
 
 def tiny_source(**overrides) -> Source:
-    fields = dict(name="tiny", package="tiny-pkg", kind="speech", license="GPL-2",
-                  group_regex=r"^(?P<group>[^/]+)/", val_groups=frozenset({"held"}))
+    fields = dict(
+        name="tiny",
+        package="tiny-pkg",
+        kind="speech",
+        license="GPL-2",
+        group_regex=r"^(?P<group>[^/]+)/",
+        val_groups=frozenset({"held"}),
+    )
     return Source(**{**fields, **overrides})
 
 
 def tiny_items(groups=("a", "held"), seconds=1.0) -> list[Item]:
-    return [Item(f"{g}__clip{i}", f"usr/share/tiny/{g}/clip{i}.ogg", g,
-                 lambda s=seconds: (tone(s), 22050)) for g in groups for i in range(2)]
+    return [
+        Item(f"{g}__clip{i}", f"usr/share/tiny/{g}/clip{i}.ogg", g, lambda s=seconds: (tone(s), 22050))
+        for g in groups
+        for i in range(2)
+    ]
 
 
 def failing_items(groups=("a", "held")) -> list[Item]:
     def load():
         raise AssertionError("a built item was decoded again")
-    return [Item(f"{g}__clip{i}", f"usr/share/tiny/{g}/clip{i}.ogg", g, load)
-            for g in groups for i in range(2)]
+
+    return [Item(f"{g}__clip{i}", f"usr/share/tiny/{g}/clip{i}.ogg", g, load) for g in groups for i in range(2)]
 
 
 def test_split_by_group_and_whole_source():
@@ -74,10 +111,10 @@ def test_every_default_source_is_unambiguous():
 
 
 def test_manifest_round_trip(tmp_path):
-    entries = [ManifestEntry("train/speech/p/a.flac", "p", "usr/a.ogg", "GPL-2", 1.5, "train",
-                             "speech", "ca"),
-               ManifestEntry("val/music/q/b_c001.flac", "q", "usr/b ü.ogg", "MIT", 30.0, "val",
-                             "music", "q")]
+    entries = [
+        ManifestEntry("train/speech/p/a.flac", "p", "usr/a.ogg", "GPL-2", 1.5, "train", "speech", "ca"),
+        ManifestEntry("val/music/q/b_c001.flac", "q", "usr/b ü.ogg", "MIT", 30.0, "val", "music", "q"),
+    ]
     path = tmp_path / "manifest.jsonl"
     write_manifest(path, entries)
     lines = path.read_text().splitlines()
@@ -111,9 +148,11 @@ def test_build_writes_16k_mono_flac_by_split(tmp_path):
 
 
 def test_short_silent_and_narrowband_recordings_are_dropped(tmp_path):
-    items = [Item("short", "short.ogg", "a", lambda: (tone(0.1), 22050)),
-             Item("silent", "silent.ogg", "a", lambda: (np.zeros((22050, 1), np.float32), 22050)),
-             Item("narrow", "narrow.wav", "a", lambda: (tone(1.0, 8000), 8000))]
+    items = [
+        Item("short", "short.ogg", "a", lambda: (tone(0.1), 22050)),
+        Item("silent", "silent.ogg", "a", lambda: (np.zeros((22050, 1), np.float32), 22050)),
+        Item("narrow", "narrow.wav", "a", lambda: (tone(1.0, 8000), 8000)),
+    ]
     report = SourceReport(tiny_source())
     build_source(tiny_source(), items, tmp_path, report)
     assert report.dropped == 3 and report.files == 0
@@ -122,6 +161,7 @@ def test_short_silent_and_narrowband_recordings_are_dropped(tmp_path):
 def test_decode_failures_are_reported_not_dropped_silently(tmp_path, capsys):
     def broken():
         raise RuntimeError("not an ogg")
+
     report = SourceReport(tiny_source())
     build_source(tiny_source(), [Item("bad", "usr/bad.ogg", "a", broken)], tmp_path, report)
     assert report.failed == ["usr/bad.ogg"]
@@ -170,15 +210,16 @@ def test_package_items_skip_copies_and_name_outputs(tmp_path):
     items, copies = package_items(source, tmp_path, tmp_path)
     assert copies == 1
     assert [(i.name, i.original_path, i.group) for i in items] == [
-        ("a__x", "usr/share/tiny/a/x.wav", "a"), ("b__z", "usr/share/tiny/b/z.wav", "b")]
+        ("a__x", "usr/share/tiny/a/x.wav", "a"),
+        ("b__z", "usr/share/tiny/b/z.wav", "b"),
+    ]
     samples, rate = items[1].load()
     assert rate == 22050 and samples.shape == (int(0.7 * 22050), 2)
 
 
 def test_stamp_text_parsing():
     text = "A frog.\nca.utf8=Una granota.\npt_BR.utf8=Um sapo.\nsr@latin.utf8=Žaba.\nxx.utf8=\n"
-    assert parse_stamp_text(text) == {"en": "A frog.", "ca": "Una granota.",
-                                      "pt_BR": "Um sapo.", "sr@latin": "Žaba."}
+    assert parse_stamp_text(text) == {"en": "A frog.", "ca": "Una granota.", "pt_BR": "Um sapo.", "sr@latin": "Žaba."}
 
 
 def test_archive_extraction_keeps_only_audio_members(tmp_path):
@@ -188,8 +229,7 @@ def test_archive_extraction_keeps_only_audio_members(tmp_path):
         archive.writestr("art/texture.png", b"png")
         archive.writestr("audio/../../escape.ogg", b"bad")
     dest = extract_archive(zip_path, "audio/", tmp_path / "_archive")
-    assert [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()] == [
-        "audio/music/a.ogg"]
+    assert [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()] == ["audio/music/a.ogg"]
     assert not (tmp_path / "escape.ogg").exists()
 
 
@@ -205,7 +245,8 @@ def test_a_package_unpacks_into_a_fresh_cache(tmp_path):
     root = tmp_path / "src"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        "Package: tiny\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+        "Package: tiny\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n"
+    )
     (root / "usr/share/tiny").mkdir(parents=True)
     (root / "usr/share/tiny/a.txt").write_text("hello")
     deb = tmp_path / "tiny_1_all.deb"

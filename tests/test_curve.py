@@ -17,11 +17,15 @@ def val(quality, pesq, stoi, se=None):
 
 
 def test_each_validation_is_placed_at_the_run_clock_of_its_step(tmp_path):
-    records = [{"step": 25, "loss": 1.0, "time": 90.0}, {"step": 50, "loss": 1.0, "time": 180.0},
-               {"step": 50, "val": val(10.0, 1.6, 0.84)},
-               {"step": 75, "loss": 1.0, "time": 7200.0},  # resumed: the clock goes on from the saved total
-               {"step": 100, "loss": 1.0, "time": 7290.0}, {"step": 100, "val": val(10.2, 1.7, 0.85, se=0.05)},
-               {"step": 110, "val": {"mel_distance": {}}}]  # a validation without PESQ (no quality) is skipped
+    records = [
+        {"step": 25, "loss": 1.0, "time": 90.0},
+        {"step": 50, "loss": 1.0, "time": 180.0},
+        {"step": 50, "val": val(10.0, 1.6, 0.84)},
+        {"step": 75, "loss": 1.0, "time": 7200.0},  # resumed: the clock goes on from the saved total
+        {"step": 100, "loss": 1.0, "time": 7290.0},
+        {"step": 100, "val": val(10.2, 1.7, 0.85, se=0.05)},
+        {"step": 110, "val": {"mel_distance": {}}},
+    ]  # a validation without PESQ (no quality) is skipped
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     rows = curve.read_curve(tmp_path)
     assert [(r["step"], r["hours"]) for r in rows] == [(50, 0.05), (100, pytest.approx(7290 / 3600, abs=1e-3))]
@@ -32,8 +36,12 @@ def test_each_validation_is_placed_at_the_run_clock_of_its_step(tmp_path):
 def test_main_draws_the_curves_and_writes_the_table(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    records = [{"step": 10, "loss": 1.0, "time": 36.0}, {"step": 10, "val": val(10.0, 1.6, 0.84)},
-               {"step": 20, "loss": 1.0, "time": 72.0}, {"step": 20, "val": val(10.3, 1.8, 0.85)}]
+    records = [
+        {"step": 10, "loss": 1.0, "time": 36.0},
+        {"step": 10, "val": val(10.0, 1.6, 0.84)},
+        {"step": 20, "loss": 1.0, "time": 72.0},
+        {"step": 20, "val": val(10.3, 1.8, 0.85)},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     curve.main(["--run", f"demo={run}", "--out", str(tmp_path / "lc")])
     assert (tmp_path / "lc.png").read_bytes()[:4] == b"\x89PNG"

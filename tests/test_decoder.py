@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from codec import Codec, build_model
 from codec.api import BUNDLED_CHECKPOINT
 from codec.checkpoint import read_checkpoint
 from codec.config import CodecConfig
 from codec.decoder import ISTFTHead
-from tiny import tiny_config
 
 
 def steady_tone(f0_hz: float, bins: list[int], voiced: bool = True) -> np.ndarray:
@@ -58,12 +58,19 @@ def test_the_defaults_build_the_shipped_model():
 
 def test_retired_fields_load_at_the_built_value_and_refuse_any_other():
     data = json.loads(json.dumps(tiny_config().to_dict()))
-    stored = {**data, "decoder": {**data["decoder"], "phase": "harmonic", "phase_group": 4, "linear_skip": True},
-              "quantizer": {**data["quantizer"], "distance": "euclidean", "codebook_dim": 8, "update": "ema"},
-              "encoder": {**data["encoder"], "features": "logmag"}}
+    stored = {
+        **data,
+        "decoder": {**data["decoder"], "phase": "harmonic", "phase_group": 4, "linear_skip": True},
+        "quantizer": {**data["quantizer"], "distance": "euclidean", "codebook_dim": 8, "update": "ema"},
+        "encoder": {**data["encoder"], "features": "logmag"},
+    }
     assert CodecConfig.from_dict(stored) == tiny_config()
-    for part, name, value in (("decoder", "phase", "direct"), ("quantizer", "distance", "cosine"),
-                              ("encoder", "features", "compressed"), ("decoder", "linear_skip", False)):
+    for part, name, value in (
+        ("decoder", "phase", "direct"),
+        ("quantizer", "distance", "cosine"),
+        ("encoder", "features", "compressed"),
+        ("decoder", "linear_skip", False),
+    ):
         other = {**stored, part: {**stored[part], name: value}}
         with pytest.raises(ValueError, match=f"{part}.{name}"):
             CodecConfig.from_dict(other)

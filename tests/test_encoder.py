@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from tiny import tiny_config
 
 from codec import build_model
-from tiny import tiny_config
 
 
 def test_features_are_log_magnitudes_blind_to_phase():

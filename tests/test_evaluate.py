@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from codec import Codec, build_model
-from tiny import tiny_config
 from conftest import harmonic_signal
+from tiny import tiny_config
 
+from codec import Codec, build_model
 from training import evaluate
-from training.data import read_manifest
 from training.baselines import ogg_packets, opus_audio_packets, opus_bandwidths
+from training.data import read_manifest
 from training.metrics import align, find_lag, score, si_sdr, system_delay
 
 
@@ -62,7 +62,9 @@ def _vocoded(signal: np.ndarray, seed: int) -> np.ndarray:
     with its input (no waveform match, so per-file waveform correlation is noise)."""
     spec = torch.stft(torch.from_numpy(signal), 512, 128, window=torch.hann_window(512), return_complex=True)
     phase = torch.rand(spec.shape, generator=torch.Generator().manual_seed(seed)) * 2 * torch.pi
-    return torch.istft(torch.polar(spec.abs(), phase), 512, 128, window=torch.hann_window(512), length=len(signal)).numpy()
+    return torch.istft(
+        torch.polar(spec.abs(), phase), 512, 128, window=torch.hann_window(512), length=len(signal)
+    ).numpy()
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -118,19 +120,38 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     sf.write(clips / "b.flac", harmonic_signal(1.0, 22050, 6), 22050)  # resampled to 16 kHz
     out = tmp_path / "eval"
     # The tiny codec has 4 levels of 6 bits: 1.5 and 3 kbps both mean all 4 levels, so 3 is skipped.
-    evaluate.main(["--folder", str(clips), "--checkpoint", str(checkpoint), "--no-baselines",
-                   "--bitrates", "0.6,1.5,3", "--no-perceptual", "--out", str(out)])
+    evaluate.main(
+        [
+            "--folder",
+            str(clips),
+            "--checkpoint",
+            str(checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "0.6,1.5,3",
+            "--no-perceptual",
+            "--out",
+            str(out),
+        ]
+    )
 
     with (out / "per_file.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((r["file"], r["setting"]) for r in rows) == [
-        ("a.wav", "0.6 kbps"), ("a.wav", "1.5 kbps"), ("b.flac", "0.6 kbps"), ("b.flac", "1.5 kbps")]
+        ("a.wav", "0.6 kbps"),
+        ("a.wav", "1.5 kbps"),
+        ("b.flac", "0.6 kbps"),
+        ("b.flac", "1.5 kbps"),
+    ]
     for row in rows:
         assert float(row["kbps"]) > float(row["payload_kbps"])  # the header is charged too
         assert np.isfinite(float(row["si_sdr"])) and float(row["mel_distance"]) > 0
     with (out / "summary.csv").open() as handle:
         summary = list(csv.DictReader(handle))
-    assert [(s["family"], s["setting"], s["files"]) for s in summary] == [("ours", "0.6 kbps", "2"), ("ours", "1.5 kbps", "2")]
+    assert [(s["family"], s["setting"], s["files"]) for s in summary] == [
+        ("ours", "0.6 kbps", "2"),
+        ("ours", "1.5 kbps", "2"),
+    ]
     assert float(summary[0]["payload_kbps"]) == pytest.approx(0.6)
     for name in ("rate_distortion.png", "spectrograms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -149,9 +170,27 @@ def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_p
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
     out = tmp_path / "eval"
-    evaluate.main(["--manifest", str(tiny_corpus), "--split", "train", "--kind", "music", "--checkpoint",
-                   str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--usage-whole-split", "--examples", "0",
-                   "--no-perceptual", "--out", str(out)])
+    evaluate.main(
+        [
+            "--manifest",
+            str(tiny_corpus),
+            "--split",
+            "train",
+            "--kind",
+            "music",
+            "--checkpoint",
+            str(checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "0.6",
+            "--usage-whole-split",
+            "--examples",
+            "0",
+            "--no-perceptual",
+            "--out",
+            str(out),
+        ]
+    )
     assert (out / "summary.csv").exists() and not (out / "spectrograms.png").exists()
     with (out / "usage.csv").open() as handle:
         usage = list(csv.DictReader(handle))
@@ -167,7 +206,9 @@ def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_p
     assert "whole train split" in capsys.readouterr().out
 
 
-def test_entropy_coded_settings_are_charged_their_real_files(tiny_codec, tiny_checkpoint, tiny_prior_checkpoint, tmp_path):
+def test_entropy_coded_settings_are_charged_their_real_files(
+    tiny_codec, tiny_checkpoint, tiny_prior_checkpoint, tmp_path
+):
     from codec import bitstream
     from codec.prior_api import TokenPrior
 
@@ -175,9 +216,26 @@ def test_entropy_coded_settings_are_charged_their_real_files(tiny_codec, tiny_ch
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
     out = tmp_path / "eval"
-    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
-                   "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--examples", "0", "--no-perceptual",
-                   "--out", str(out)])
+    evaluate.main(
+        [
+            "--folder",
+            str(clips),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "1.5",
+            "--entropy-bitrates",
+            "1.5",
+            "--prior",
+            str(tiny_prior_checkpoint),
+            "--examples",
+            "0",
+            "--no-perceptual",
+            "--out",
+            str(out),
+        ]
+    )
     with (out / "per_file.csv").open() as handle:
         rows = {r["setting"]: r for r in csv.DictReader(handle)}
     packed, coded = rows["1.5 kbps"], rows["1.5 kbps + prior"]
@@ -200,8 +258,23 @@ def test_entropy_coded_settings_need_the_codecs_own_prior(tiny_codec, tiny_prior
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(1.0, 16000, 7), 16000, subtype="PCM_16")
     with pytest.raises(SystemExit, match="models the tokens of"):
-        evaluate.main(["--folder", str(clips), "--checkpoint", str(other), "--no-baselines", "--bitrates", "1.5",
-                       "--entropy-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint), "--out", str(tmp_path / "e")])
+        evaluate.main(
+            [
+                "--folder",
+                str(clips),
+                "--checkpoint",
+                str(other),
+                "--no-baselines",
+                "--bitrates",
+                "1.5",
+                "--entropy-bitrates",
+                "1.5",
+                "--prior",
+                str(tiny_prior_checkpoint),
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
 
 
 def test_a_known_delay_is_removed_as_is_and_others_are_measured(tmp_path):
@@ -228,16 +301,37 @@ def test_a_known_delay_is_removed_as_is_and_others_are_measured(tmp_path):
     assert OurCodec.delay == 0
 
 
-def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(tiny_checkpoint, tiny_prior_checkpoint, tmp_path):
+def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(
+    tiny_checkpoint, tiny_prior_checkpoint, tmp_path
+):
     from codec.prior_api import TokenPrior
 
     clips = tmp_path / "clips"
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
     out = tmp_path / "eval"
-    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines", "--bitrates", "1.5",
-                   "--entropy-bitrates", "1.5", "--pitch-bitrates", "1.5", "--prior", str(tiny_prior_checkpoint),
-                   "--examples", "0", "--no-perceptual", "--out", str(out)])
+    evaluate.main(
+        [
+            "--folder",
+            str(clips),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "1.5",
+            "--entropy-bitrates",
+            "1.5",
+            "--pitch-bitrates",
+            "1.5",
+            "--prior",
+            str(tiny_prior_checkpoint),
+            "--examples",
+            "0",
+            "--no-perceptual",
+            "--out",
+            str(out),
+        ]
+    )
     with (out / "per_file.csv").open() as handle:
         rows = {r["setting"]: r for r in csv.DictReader(handle)}
     coded, pitched = rows["1.5 kbps + prior"], rows["1.5 kbps + prior + pitch"]
@@ -264,8 +358,23 @@ def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_fi
     sf.write(clips / "en" / "start.wav", speech[:28000], 16000, subtype="PCM_16")  # fewer words
     sf.write(clips / "tone.wav", harmonic_signal(1.0, 16000, 3), 16000, subtype="PCM_16")  # not English
     out = tmp_path / "eval"
-    evaluate.main(["--folder", str(clips), "--checkpoint", str(tiny_checkpoint), "--no-baselines",
-                   "--bitrates", "1.5", "--english", "en/*", "--examples", "0", "--out", str(out)])
+    evaluate.main(
+        [
+            "--folder",
+            str(clips),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "1.5",
+            "--english",
+            "en/*",
+            "--examples",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
 
     with (out / "per_file.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -280,7 +389,8 @@ def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_fi
     assert reference["pesq_wb"] == reference["kbps"] == reference["dwer"] == ""
     originals = {name: evaluate.load_audio(str(clips / name)) for name in ("en/whole.wav", "en/start.wav", "tone.wav")}
     assert float(reference["dnsmos_ovrl"]) == pytest.approx(
-        np.mean([perceptual.dnsmos(a).ovrl for a in originals.values()]), abs=1e-3)
+        np.mean([perceptual.dnsmos(a).ovrl for a in originals.values()]), abs=1e-3
+    )
     # Pooled: word errors over reference words, so the longer file weighs more.
     words = {name: len(perceptual.transcribe(originals[name]).split()) for name in ("en/whole.wav", "en/start.wav")}
     assert words["en/whole.wav"] > words["en/start.wav"] > 0
@@ -294,15 +404,41 @@ def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_fi
     assert "dWER%" in printed and "reference" in printed and "dWER on the 2 English file(s)" in printed
 
 
-def test_a_second_held_out_set_is_scored_in_the_same_run_and_reported_on_its_own(tiny_codec, tiny_corpus, tmp_path, capsys):
+def test_a_second_held_out_set_is_scored_in_the_same_run_and_reported_on_its_own(
+    tiny_codec, tiny_corpus, tmp_path, capsys
+):
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
     out = tmp_path / "eval"
     # --kind applies to both sets: the second set is the val split's speech.
-    evaluate.main(["--manifest", str(tiny_corpus), "--split", "train", "--kind", "music", "--kind", "speech",
-                   "--checkpoint", str(checkpoint), "--no-baselines", "--bitrates", "0.6", "--examples", "0",
-                   "--no-perceptual", "--also", "clean", str(tiny_corpus), "val", "--also-max-minutes", "0.02",
-                   "--out", str(out)])
+    evaluate.main(
+        [
+            "--manifest",
+            str(tiny_corpus),
+            "--split",
+            "train",
+            "--kind",
+            "music",
+            "--kind",
+            "speech",
+            "--checkpoint",
+            str(checkpoint),
+            "--no-baselines",
+            "--bitrates",
+            "0.6",
+            "--examples",
+            "0",
+            "--no-perceptual",
+            "--also",
+            "clean",
+            str(tiny_corpus),
+            "val",
+            "--also-max-minutes",
+            "0.02",
+            "--out",
+            str(out),
+        ]
+    )
     with (out / "per_file.csv").open() as handle:
         main_files = {r["file"] for r in csv.DictReader(handle)}
     with (out / "clean" / "per_file.csv").open() as handle:

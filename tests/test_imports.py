@@ -11,7 +11,12 @@ PACKAGES = ("codec", "server", "training", "bench")
 MODULES = [
     name
     for package in PACKAGES
-    for name in [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(importlib.import_module(package).__path__) if m.name != "__main__"]
+    for name in [package]
+    + [
+        f"{package}.{m.name}"
+        for m in pkgutil.iter_modules(importlib.import_module(package).__path__)
+        if m.name != "__main__"
+    ]
 ]
 
 

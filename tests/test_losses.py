@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from codec.decoder import ISTFTHead, analysis_stft
 from training.discriminators import (
     Discriminator,
     DiscriminatorConfig,
@@ -12,12 +13,11 @@ from training.discriminators import (
     MultiPeriodDiscriminator,
     MultiResolutionSTFTDiscriminator,
 )
-from codec.decoder import ISTFTHead, analysis_stft
 from training.losses import (
     HeadSpectrumLoss,
     MelLoss,
-    anti_wrap,
     MultiResolutionSTFTLoss,
+    anti_wrap,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
@@ -28,9 +28,7 @@ from training.metrics import si_sdr
 
 SR = 16_000
 T = 2048  # just over 2 x the largest half-window (1024) the default losses reflect-pad by
-TINY = DiscriminatorConfig(
-    periods=(2, 3), mpd_channels=4, mpd_max_channels=8, stft_n_ffts=(256, 128), stft_channels=4
-)
+TINY = DiscriminatorConfig(periods=(2, 3), mpd_channels=4, mpd_max_channels=8, stft_n_ffts=(256, 128), stft_channels=4)
 
 
 def _target(batch: int = 2) -> torch.Tensor:
@@ -48,7 +46,7 @@ def _noise(batch: int = 2, seed: int = 1) -> torch.Tensor:
 RECON_LOSSES = [
     pytest.param(lambda: MultiResolutionSTFTLoss(), id="mrstft"),
     pytest.param(lambda: MelLoss(SR), id="mel"),
-    pytest.param(lambda: (lambda a, b: mel_distance(a, b, SR)), id="mel_distance"),
+    pytest.param(lambda: lambda a, b: mel_distance(a, b, SR), id="mel_distance"),
 ]
 
 
@@ -129,10 +127,12 @@ def test_least_squares_gan_losses_on_hand_made_logits():
 
 def test_feature_matching_is_normalised_by_real_magnitude_and_detaches_real():
     def maps(first: float) -> list[list[torch.Tensor]]:
-        return [[
-            torch.full((2, 3), first, requires_grad=True),
-            torch.full((4,), 4.0, requires_grad=True),
-        ]]
+        return [
+            [
+                torch.full((2, 3), first, requires_grad=True),
+                torch.full((4,), 4.0, requires_grad=True),
+            ]
+        ]
 
     real, fake = maps(2.0), maps(1.0)
     loss = feature_matching_loss(real, fake)
@@ -190,7 +190,9 @@ def test_analysis_stft_is_what_the_istft_head_inverts():
 
 def test_anti_wrap_is_the_distance_between_phases():
     x = torch.tensor([0.0, 0.5, -0.5, 2 * math.pi, 2 * math.pi + 0.25, math.pi - 0.1, -3 * math.pi + 0.1])
-    assert torch.allclose(anti_wrap(x), torch.tensor([0.0, 0.5, 0.5, 0.0, 0.25, math.pi - 0.1, math.pi - 0.1]), atol=1e-5)
+    assert torch.allclose(
+        anti_wrap(x), torch.tensor([0.0, 0.5, 0.5, 0.0, 0.25, math.pi - 0.1, math.pi - 0.1]), atol=1e-5
+    )
 
 
 def test_head_spectrum_loss_zero_for_the_reference_and_grows_with_phase_error():

@@ -92,8 +92,14 @@ def test_english_files_are_chosen_by_glob_list_file_or_language(tmp_path):
     assert english("val/speech/a.flac") and english("val/b.flac")
     assert not english("val/speech/klettres-data/da__1.flac")
     assert english("x.flac", "en") and english("x.flac", "en_GB") and not english("x.flac", "uk")
-    assert [perceptual.group_language(g) for g in ("en", "en_GB", "uk", "cards", "Pirate", "librivox")] == \
-        ["en", "en_GB", "uk", "", "", ""]
+    assert [perceptual.group_language(g) for g in ("en", "en_GB", "uk", "cards", "Pirate", "librivox")] == [
+        "en",
+        "en_GB",
+        "uk",
+        "",
+        "",
+        "",
+    ]
 
 
 def test_dnsmos_gives_speechmos_scores_without_its_p808_model(speech):
@@ -105,4 +111,5 @@ def test_dnsmos_gives_speechmos_scores_without_its_p808_model(speech):
         ours = perceptual.dnsmos(audio)
         theirs = reference.DNSMOS.__call__(model, np.clip(audio, -1, 1).astype(np.float32), 16000, False)
         assert (ours.sig, ours.bak, ours.ovrl) == pytest.approx(
-            (theirs["sig_mos"], theirs["bak_mos"], theirs["ovrl_mos"]), abs=1e-6)
+            (theirs["sig_mos"], theirs["bak_mos"], theirs["ovrl_mos"]), abs=1e-6
+        )

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from codec.errors import CorruptStreamError
-from codec.pitchcode import (INDEX_BITS, LOW_HZ, NUM_INDICES, STEP, PitchTrack, analyse, decode_track,
-                             decoder_pitch, encode_track)
+from codec.pitchcode import (
+    INDEX_BITS,
+    LOW_HZ,
+    NUM_INDICES,
+    STEP,
+    PitchTrack,
+    analyse,
+    decode_track,
+    decoder_pitch,
+    encode_track,
+)
 
 
 def random_track(frames: int, seed: int) -> PitchTrack:
@@ -134,8 +143,9 @@ def test_empty_streams_decode_to_empty_audio_and_mismatched_tracks_are_not_writt
 
     codec = voiced_tiny_codec()
     for coding, pitch in (("packed", None), ("packed+pitch", b"")):  # a stream of 0 samples, as a file may hold
-        header = bitstream.StreamHeader(codec.model_id, 16000, codec.config.hop_length, 2,
-                                        codec.config.quantizer.codebook_size, 0, 0, coding=coding)
+        header = bitstream.StreamHeader(
+            codec.model_id, 16000, codec.config.hop_length, 2, codec.config.quantizer.codebook_size, 0, 0, coding=coding
+        )
         data = bitstream.write_stream(header, codes=np.zeros((2, 0), dtype=np.int64), pitch=pitch)
         assert codec.decode(codec.from_bytes(data)).shape == (1, 1, 0)
     encoded = codec.encode(vowel(0.5), 16000, pitch=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import harmonic_signal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,15 +26,22 @@ from codec.prior import PriorConfig, TokenPriorModel
 from codec.prior_api import TokenPrior
 from codec.sampling import FrameStepper
 from codec.tokenize import list_inputs, load_tokens, tokenize, write_index
-from conftest import harmonic_signal
 
 
 @pytest.fixture(scope="module")
 def tiny_prior(tiny_codec) -> TokenPrior:
     torch.manual_seed(0)
     q = tiny_codec.config.quantizer
-    config = PriorConfig(num_levels=q.num_levels, codebook_size=q.codebook_size, dim=32, layers=2, heads=2,
-                         depth_hidden=32, context=6, codec_model_id=tiny_codec.model_id)
+    config = PriorConfig(
+        num_levels=q.num_levels,
+        codebook_size=q.codebook_size,
+        dim=32,
+        layers=2,
+        heads=2,
+        depth_hidden=32,
+        context=6,
+        codec_model_id=tiny_codec.model_id,
+    )
     return TokenPrior(TokenPriorModel(config), "prior:0123456789ab")
 
 
@@ -99,15 +107,21 @@ def test_codec_files_entropy_coded_with_the_prior(tiny_codec, tiny_prior):
     assert bitstream.read_stream(data).header.coding == "entropy"
     back = tiny_codec.from_bytes(data, tiny_prior)
     assert torch.equal(back.codes, encoded.codes) and back.num_samples == encoded.num_samples
-    assert tiny_codec.from_bytes(tiny_codec.to_bytes(encoded), tiny_prior).codes.equal(encoded.codes)  # packed: prior unused
+    assert tiny_codec.from_bytes(tiny_codec.to_bytes(encoded), tiny_prior).codes.equal(
+        encoded.codes
+    )  # packed: prior unused
     with pytest.raises(CorruptStreamError, match="prior"):
         tiny_codec.from_bytes(data)
-    stranger = TokenPrior(TokenPriorModel(dataclasses.replace(tiny_prior.config, codec_model_id="vqcodec-tiny:other")), "prior:x")
+    stranger = TokenPrior(
+        TokenPriorModel(dataclasses.replace(tiny_prior.config, codec_model_id="vqcodec-tiny:other")), "prior:x"
+    )
     assert "vqcodec-tiny:other" in stranger.mismatch(tiny_codec) and tiny_prior.mismatch(tiny_codec) is None
     for call in (lambda: tiny_codec.to_bytes(encoded, stranger), lambda: tiny_codec.from_bytes(data, stranger)):
         with pytest.raises(CodecError, match="tokens of vqcodec-tiny:other"):
             call()
-    wider = TokenPrior(TokenPriorModel(dataclasses.replace(tiny_prior.config, codebook_size=2 * tiny_prior.codebook_size)), "prior:y")
+    wider = TokenPrior(
+        TokenPriorModel(dataclasses.replace(tiny_prior.config, codebook_size=2 * tiny_prior.codebook_size)), "prior:y"
+    )
     assert "do not fit" in wider.mismatch(tiny_codec)
 
 
@@ -156,12 +170,33 @@ def test_two_process_tokenize_matches_one_process(tiny_codec, tmp_path):
     tiny_codec.save(checkpoint)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["tokenize", str(folder), "--checkpoint", str(checkpoint), "--shard-size", "2", "-q"]
-    one = subprocess.run([sys.executable, "-m", "codec", *base[:2], str(tmp_path / "one"), *base[2:]],
-                         capture_output=True, text=True, env=env, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "codec", *base[:2], str(tmp_path / "one"), *base[2:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "codec", *base[:2], str(tmp_path / "two"), *base[2:]],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "codec",
+            *base[:2],
+            str(tmp_path / "two"),
+            *base[2:],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr
     assert "rank 1: 2 shards encoded" in two.stderr  # the second process did its share
     a, b = load_tokens(tmp_path / "one"), load_tokens(tmp_path / "two")
@@ -170,13 +205,31 @@ def test_two_process_tokenize_matches_one_process(tiny_codec, tmp_path):
     assert json.loads((tmp_path / "two" / "index.json").read_text())["files"] == 6
 
 
-def test_prior_evaluation_reports_exact_coding_and_real_file_sizes(tiny_corpus, tiny_checkpoint, tiny_prior_checkpoint, tmp_path, capsys):
+def test_prior_evaluation_reports_exact_coding_and_real_file_sizes(
+    tiny_corpus, tiny_checkpoint, tiny_prior_checkpoint, tmp_path, capsys
+):
     from training import evaluate_prior
     from training.data import read_manifest
 
     out = tmp_path / "eval"
-    evaluate_prior.main(["--manifest", str(tiny_corpus), "--split", "val", "--codec", str(tiny_checkpoint),
-                         "--prior", str(tiny_prior_checkpoint), "--bitrates", "0.6,1.2", "--out", str(out), "--threads", "1"])
+    evaluate_prior.main(
+        [
+            "--manifest",
+            str(tiny_corpus),
+            "--split",
+            "val",
+            "--codec",
+            str(tiny_checkpoint),
+            "--prior",
+            str(tiny_prior_checkpoint),
+            "--bitrates",
+            "0.6,1.2",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
     with (out / "prior.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
@@ -198,9 +251,34 @@ def _tiny_prior_run(tiny_codec, tiny_corpus, tmp_path) -> list[str]:
     for split in ("train", "val"):
         tokenize(tiny_codec, list_inputs(tiny_corpus, split), tmp_path / split, progress=False)
         write_index(tmp_path / split, 1)
-    return ["--train_tokens", str(tmp_path / "train"), "--val_tokens", str(tmp_path / "val"), "--dim", "32",
-            "--layers", "1", "--heads", "2", "--depth_hidden", "32", "--context", "20", "--batch_size", "2",
-            "--seq_frames", "16", "--warmup_steps", "2", "--val_every", "4", "--save_every", "3", "--val_frames", "40"]
+    return [
+        "--train_tokens",
+        str(tmp_path / "train"),
+        "--val_tokens",
+        str(tmp_path / "val"),
+        "--dim",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--depth_hidden",
+        "32",
+        "--context",
+        "20",
+        "--batch_size",
+        "2",
+        "--seq_frames",
+        "16",
+        "--warmup_steps",
+        "2",
+        "--val_every",
+        "4",
+        "--save_every",
+        "3",
+        "--val_frames",
+        "40",
+    ]
 
 
 def test_prior_training_resumes_exactly_and_validates_its_last_step(tiny_codec, tiny_corpus, tmp_path):
@@ -228,11 +306,13 @@ def test_prior_training_can_start_from_another_priors_weights(tiny_codec, tiny_c
     train_prior.main(args + ["--run_dir", str(tmp_path / "first"), "--steps", "3"])
     source = tmp_path / "first" / "last.safetensors"
     # A zero learning rate leaves the weights where they started: those of the source prior.
-    train_prior.main(args + ["--run_dir", str(tmp_path / "warm"), "--steps", "1", "--learning_rate", "0",
-                             "--init_from", str(source)])
+    train_prior.main(
+        args + ["--run_dir", str(tmp_path / "warm"), "--steps", "1", "--learning_rate", "0", "--init_from", str(source)]
+    )
     start = TokenPrior.load(source).model.state_dict()
     warm = TokenPrior.load(tmp_path / "warm" / "last.safetensors").model.state_dict()
     assert all(torch.equal(start[k], warm[k]) for k in start)
     with pytest.raises(SystemExit, match="another shape"):
-        train_prior.main(args + ["--run_dir", str(tmp_path / "wide"), "--steps", "1", "--dim", "64",
-                                 "--init_from", str(source)])
+        train_prior.main(
+            args + ["--run_dir", str(tmp_path / "wide"), "--steps", "1", "--dim", "64", "--init_from", str(source)]
+        )

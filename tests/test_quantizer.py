@@ -44,7 +44,10 @@ def _train_rvq(config: QuantizerConfig, batches) -> ResidualVectorQuantizer:
 def _offset_batches(count: int, seed: int) -> list[torch.Tensor]:
     """Latents like a real encoder's: a large per-clip offset plus frame-to-frame variation."""
     generator = torch.Generator().manual_seed(seed)
-    return [3 * torch.randn(8, 16, 1, generator=generator) + torch.randn(8, 16, 50, generator=generator) for _ in range(count)]
+    return [
+        3 * torch.randn(8, 16, 1, generator=generator) + torch.randn(8, 16, 50, generator=generator)
+        for _ in range(count)
+    ]
 
 
 def test_every_level_removes_part_of_the_residual():

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import harmonic_signal
 from fastapi.testclient import TestClient
+from serving import running_server
 
 from codec import Codec, bitstream
-from conftest import harmonic_signal
-from serving import running_server
 from server.app import _fail_readiness_on_sigterm, create_app
 from server.settings import Settings
 
@@ -124,8 +124,9 @@ def test_server_codes_equal_the_library(api, tiny_checkpoint):
 def test_json_and_binary_tokens_agree(api):
     data = audio_bytes(0.7, seed=1)
     as_json = api.post("/encode?bitrate=0.6", content=data, headers={"content-type": "audio/wav"}).json()
-    binary = api.post("/encode?bitrate=0.6", content=data,
-                      headers={"content-type": "audio/wav", "accept": "application/octet-stream"})
+    binary = api.post(
+        "/encode?bitrate=0.6", content=data, headers={"content-type": "audio/wav", "accept": "application/octet-stream"}
+    )
     assert binary.headers["content-type"] == "application/octet-stream"
     codec = api.app.state.engine.codec
     assert codec.from_bytes(binary.content).codes[0].tolist() == as_json["codes"]
@@ -149,7 +150,9 @@ def test_bad_input_gets_a_json_4xx(api):
     assert_error(api.post("/encode", files={"other": ("a.wav", wav)}), 400, "file")
     assert_error(api.post("/encode?bitrate=0.01", content=wav, headers=raw), 422, "bitrate")
     assert_error(api.post("/encode?bitrate=nan", content=wav, headers=raw), 422, "bitrate")
-    assert_error(api.post("/decode", content=b"VQAC\x01junk", headers={"content-type": "application/octet-stream"}), 400)
+    assert_error(
+        api.post("/decode", content=b"VQAC\x01junk", headers={"content-type": "application/octet-stream"}), 400
+    )
     assert_error(api.post("/decode", content=b"{", headers={"content-type": "application/json"}), 422, "json")
     assert_error(api.post("/decode", json={"codes": [[1, 2], [3]]}), 422, "same length")
     assert_error(api.post("/decode", json={"codes": [[1, 2], [3, 64]]}), 422, "[0, 64)")
@@ -212,7 +215,9 @@ def test_concurrent_requests_form_batches(tiny_checkpoint):
     clips = [audio_bytes(0.8 + 0.05 * i, seed=i) for i in range(6)]
     with client(tiny_checkpoint, batch_max_wait_ms=300, max_batch_size=8) as batched:
         with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda c: batched.post("/encode", content=c, headers={"content-type": "audio/wav"}), clips))
+            responses = list(
+                pool.map(lambda c: batched.post("/encode", content=c, headers={"content-type": "audio/wav"}), clips)
+            )
         text = batched.get("/metrics").text
     assert all(r.status_code == 200 for r in responses)
     batches = metric(text, "codec_batch_size_count", queue="encode")
@@ -251,21 +256,29 @@ def test_full_queue_is_503_and_slow_answer_is_504(tiny_checkpoint):
         assert release.entered.wait(10), "the first request never reached the model"
         # The second request is admitted; it waits for the model thread to read its audio.
         waiting = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
-        wait_for(lambda: metric(busy.get("/metrics").text, "codec_requests_in_flight") == 3,
-                 "the second request never arrived")
+        wait_for(
+            lambda: metric(busy.get("/metrics").text, "codec_requests_in_flight") == 3,
+            "the second request never arrived",
+        )
         rejected = busy.post("/encode", content=audio_bytes(0.3), headers=raw)
         release.set()
         assert running.result().status_code == 200 and waiting.result().status_code == 200
     assert_error(rejected, 503, "busy")
     assert rejected.headers["retry-after"] == "1"
-    with client(tiny_checkpoint, request_timeout_s=0.3) as slow, held_model(slow) as release, ThreadPoolExecutor(1) as pool:
+    with (
+        client(tiny_checkpoint, request_timeout_s=0.3) as slow,
+        held_model(slow) as release,
+        ThreadPoolExecutor(1) as pool,
+    ):
         running = pool.submit(slow.post, "/encode", content=audio_bytes(0.3), headers=raw)
         assert release.entered.wait(10), "the first request never reached the model"
         # The second waits for the busy model thread to read its audio, past its timeout.
         assert_error(slow.post("/encode", content=audio_bytes(0.3), headers=raw), 504, "timed out")
         assert_error(running.result(), 504, "timed out")  # the first, in the held model
         release.set()
-        wait_for(lambda: metric(slow.get("/metrics").text, "codec_batch_size_count", queue="encode") == 1, "no batch ran")
+        wait_for(
+            lambda: metric(slow.get("/metrics").text, "codec_batch_size_count", queue="encode") == 1, "no batch ran"
+        )
         time.sleep(0.2)
         text = slow.get("/metrics").text
     # The request that timed out before its audio was read never reached the model.
@@ -288,10 +301,20 @@ def test_a_client_that_disconnects_leaves_the_queue(tiny_checkpoint):
         if message["type"] == "http.response.start":
             sent.append(message["status"])
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/encode", "raw_path": b"/encode", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"audio/wav"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/encode",
+        "raw_path": b"/encode",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"audio/wav"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     with TestClient(app) as test_client, held_model(test_client) as release, ThreadPoolExecutor(1) as pool:
         # A first request keeps the model busy, so the one that goes away waits in the queue.
         running = pool.submit(test_client.post, "/encode", content=body, headers={"content-type": "audio/wav"})
@@ -310,7 +333,9 @@ def test_sample_from_the_prior(api):
     assert tokens.status_code == 200, tokens.text
     codes = tokens.json()["codes"]
     assert len(codes) == 4 and len(codes[0]) == 25
-    assert api.post("/sample", json={"seconds": 0.5, "temperature": 0.8, "top_k": 10, "seed": 3}).json()["codes"] == codes
+    assert (
+        api.post("/sample", json={"seconds": 0.5, "temperature": 0.8, "top_k": 10, "seed": 3}).json()["codes"] == codes
+    )
     prompt = [row[:5] for row in codes[:2]]
     continued = api.post("/sample", json={"seconds": 0.2, "prompt": prompt}).json()
     assert [row[:5] for row in continued["codes"]] == prompt and len(continued["codes"][0]) == 15
@@ -405,16 +430,23 @@ def test_sigterm_finishes_the_request_in_flight(tiny_checkpoint, tmp_path):
         yield body[: len(body) // 2]
         uploaded_half.set()
         time.sleep(1.0)
-        yield body[len(body) // 2:]
+        yield body[len(body) // 2 :]
 
     with running_server(env, tmp_path / "server.log") as server:
         result = {}
-        worker = threading.Thread(target=lambda: result.update(response=httpx.post(
-            f"{server.url}/encode", content=slow_upload(), headers={"content-type": "audio/wav"}, timeout=30)))
+        worker = threading.Thread(
+            target=lambda: result.update(
+                response=httpx.post(
+                    f"{server.url}/encode", content=slow_upload(), headers={"content-type": "audio/wav"}, timeout=30
+                )
+            )
+        )
         worker.start()
         assert uploaded_half.wait(10)
-        wait_for(lambda: metric(httpx.get(f"{server.url}/metrics").text, "codec_requests_in_flight") >= 2,
-                 "the request never reached the server")
+        wait_for(
+            lambda: metric(httpx.get(f"{server.url}/metrics").text, "codec_requests_in_flight") >= 2,
+            "the request never reached the server",
+        )
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         try:  # draining: no longer ready (and soon not even listening)
@@ -461,5 +493,3 @@ def test_encode_writes_the_pitch_stream_on_request(api):
     entropy = api.post("/encode?bitrate=0.6&pitch=true&entropy=true", content=data, headers=binary)
     assert entropy.status_code == 200 and entropy.content[5] == 3  # coding byte: entropy+pitch
     assert_error(api.post("/encode?pitch=true", content=data, headers={"content-type": "audio/wav"}), 422, "pitch")
-
-

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import schemathesis
 import soundfile as sf
-from hypothesis import HealthCheck, settings
-
 from conftest import harmonic_signal
+from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from serving import running_server
+
 from server.app import create_app
 from server.settings import Settings
 
@@ -29,8 +29,12 @@ LIMITS = {"CODEC_MAX_AUDIO_SECONDS": "20", "CODEC_MAX_BODY_BYTES": str(4 * 2**20
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tiny_prior_checkpoint, tmp_path_factory):
-    env = {"CODEC_CHECKPOINT": str(tiny_checkpoint), "CODEC_PRIOR_CHECKPOINT": str(tiny_prior_checkpoint),
-           "CODEC_API_KEY": API_KEY, **LIMITS}
+    env = {
+        "CODEC_CHECKPOINT": str(tiny_checkpoint),
+        "CODEC_PRIOR_CHECKPOINT": str(tiny_prior_checkpoint),
+        "CODEC_API_KEY": API_KEY,
+        **LIMITS,
+    }
     with running_server(env, tmp_path_factory.mktemp("fuzz") / "server.log") as process:
         yield process
         assert process.process.poll() is None, process.output()
@@ -60,8 +64,12 @@ def test_schema_fuzz_finds_no_failure(case, server):
     # their schemas, requests without the key refused) but two that judge requests by the schema
     # alone: bytes that fit it ("a binary string") are rarely audio, codes that fit it need not
     # fit the loaded model, and unknown query parameters are ignored, as HTTP APIs do.
-    response = case.call_and_validate(base_url=server.url, headers=AUTH, timeout=60,
-                                      excluded_checks=[positive_data_acceptance, negative_data_rejection])
+    response = case.call_and_validate(
+        base_url=server.url,
+        headers=AUTH,
+        timeout=60,
+        excluded_checks=[positive_data_acceptance, negative_data_rejection],
+    )
     assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
     if response.status_code >= 400:
         assert isinstance(response.json()["detail"], str)

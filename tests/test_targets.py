@@ -25,9 +25,11 @@ def test_a_setting_over_budget_is_not_considered_even_if_it_wins():
 
 def test_one_setting_must_beat_the_baseline_on_every_metric_together():
     # Each metric is beaten by some setting, but no setting beats all of them.
-    summary = [CODEC2,
-               row("ours", "1 kbps", 1.05, pesq_wb=1.5, stoi=0.85, dwer=0.5, dnsmos_ovrl=3.0),
-               row("ours", "1.5 kbps", 1.45, pesq_wb=1.7, stoi=0.90, dwer=0.4, dnsmos_ovrl=2.7)]
+    summary = [
+        CODEC2,
+        row("ours", "1 kbps", 1.05, pesq_wb=1.5, stoi=0.85, dwer=0.5, dnsmos_ovrl=3.0),
+        row("ours", "1.5 kbps", 1.45, pesq_wb=1.7, stoi=0.90, dwer=0.4, dnsmos_ovrl=2.7),
+    ]
     result = verdict(summary, 0)
     assert not result.met
     assert result.setting.startswith("ours 1.5 kbps")  # 3 of 4 wins beats 3 of 4 on PESQ

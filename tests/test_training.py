@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL, tiny_config
 
 from codec import Codec
-from tiny import TINY_MODEL, tiny_config
 from codec.model import build_model
 from codec.usage import codebook_usage
 from training.data import load_validation, read_manifest
@@ -24,8 +24,16 @@ from training.train import TrainConfig, state_digest, train, warm_start
 
 def tiny_run(manifest: Path, run_dir: Path, **overrides) -> TrainConfig:
     config = TrainConfig(
-        manifest=str(manifest), run_dir=str(run_dir), model=TINY_MODEL, batch_size=4, warmup_steps=20,
-        learning_rate=3e-3, log_every=5, val_every=10_000, save_every=10_000, threads=2,
+        manifest=str(manifest),
+        run_dir=str(run_dir),
+        model=TINY_MODEL,
+        batch_size=4,
+        warmup_steps=20,
+        learning_rate=3e-3,
+        log_every=5,
+        val_every=10_000,
+        save_every=10_000,
+        threads=2,
     )
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -84,11 +92,32 @@ def test_resume_is_exact(tiny_corpus, tmp_path):
 def test_two_process_ddp_ranks_agree(tiny_corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "training.train", "--manifest", str(tiny_corpus), "--run_dir", str(tmp_path),
-        "--model", "tiny", "--steps", "12", "--batch_size", "2", "--val_every", "1000", "--log_every", "4",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.train",
+        "--manifest",
+        str(tiny_corpus),
+        "--run_dir",
+        str(tmp_path),
+        "--model",
+        "tiny",
+        "--steps",
+        "12",
+        "--batch_size",
+        "2",
+        "--val_every",
+        "1000",
+        "--log_every",
+        "4",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d) step 12 weights sha256 ([0-9a-f]+)", result.stderr))
     assert set(digests) == {"0", "1"}, result.stderr[-3000:]
@@ -110,21 +139,51 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
     assets = tmp_path / "assets"
     monkeypatch.setattr(export, "ASSETS", assets)
     monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
-    export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
-                 "--earlier", "100:0.5:older stages", "--init-run", f"{tmp_path / 'first'}:last.safetensors",
-                 "--eval", str(evaluation)])
+    export.main(
+        [
+            "--run",
+            str(tmp_path / "second"),
+            "--checkpoint",
+            "last.safetensors",
+            "--manifest",
+            str(tiny_corpus),
+            "--earlier",
+            "100:0.5:older stages",
+            "--init-run",
+            f"{tmp_path / 'first'}:last.safetensors",
+            "--eval",
+            str(evaluation),
+        ]
+    )
 
     shipped = Codec.load(assets / "codec.safetensors")
     trained = Codec.load(tmp_path / "second" / "last.safetensors")
-    assert (assets / "codec.safetensors").stat().st_size < 0.6 * (tmp_path / "second" / "last.safetensors").stat().st_size
-    for (name, x), (_, y) in zip(sorted(shipped.model.state_dict().items()), sorted(trained.model.state_dict().items())):
+    assert (assets / "codec.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "second" / "last.safetensors"
+    ).stat().st_size
+    for (name, x), (_, y) in zip(
+        sorted(shipped.model.state_dict().items()), sorted(trained.model.state_dict().items())
+    ):
         assert torch.allclose(x.float(), y.float(), atol=1e-2, rtol=1e-2), name
     card = (assets / "MODEL_CARD.md").read_text()
     assert f"# Model card: {shipped.model_id}" in card
-    assert "trained 116 steps (100 in older stages, then 10 in first, then 6 in second, each warm-started from the one before)" in card
+    assert (
+        "trained 116 steps (100 in older stages, then 10 in first, then 6 in second, each warm-started from the "
+        "one before)" in card
+    )
     with pytest.raises(SystemExit, match="STEPS:HOURS:LABEL"):
-        export.main(["--run", str(tmp_path / "second"), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
-                     "--earlier", "many"])
+        export.main(
+            [
+                "--run",
+                str(tmp_path / "second"),
+                "--checkpoint",
+                "last.safetensors",
+                "--manifest",
+                str(tiny_corpus),
+                "--earlier",
+                "many",
+            ]
+        )
     assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
     assert "| synthetic | speech | CC0 |" in card
 
@@ -132,8 +191,16 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
 def test_decoder_fine_tuning_keeps_the_tokens_and_trains_the_gan(tiny_corpus, tmp_path):
     tiny_run(tiny_corpus, tmp_path / "base", steps=6)
     base = Codec.load(tmp_path / "base" / "last.safetensors")
-    tiny_run(tiny_corpus, tmp_path / "tuned", steps=4, init_from=str(tmp_path / "base" / "last.safetensors"),
-             freeze="encoder,quantizer", adversarial=True, adversarial_items=2, log_every=2)
+    tiny_run(
+        tiny_corpus,
+        tmp_path / "tuned",
+        steps=4,
+        init_from=str(tmp_path / "base" / "last.safetensors"),
+        freeze="encoder,quantizer",
+        adversarial=True,
+        adversarial_items=2,
+        log_every=2,
+    )
     tuned = Codec.load(tmp_path / "tuned" / "last.safetensors")
     before, after = base.model.state_dict(), tuned.model.state_dict()
     # Encoder weights and codebooks (EMA statistics included) are untouched; the decoder moved.
@@ -162,15 +229,28 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     from training import export
 
     tiny_run(tiny_corpus, tmp_path / "base", steps=6)
-    tiny_run(tiny_corpus, tmp_path / "tuned", steps=3, init_from=str(tmp_path / "base" / "last.safetensors"),
-             freeze="encoder,quantizer")
+    tiny_run(
+        tiny_corpus,
+        tmp_path / "tuned",
+        steps=3,
+        init_from=str(tmp_path / "base" / "last.safetensors"),
+        freeze="encoder,quantizer",
+    )
     tiny_run(tiny_corpus, tmp_path / "moved", steps=3, init_from=str(tmp_path / "base" / "last.safetensors"))
     base = Codec.load(tmp_path / "base" / "last.safetensors")
     prior_run = tmp_path / "prior"
     prior_run.mkdir()
     (prior_run / "metrics.jsonl").write_text("")
-    config = PriorConfig(num_levels=base.model.config.quantizer.num_levels, codebook_size=base.model.config.quantizer.codebook_size,
-                         dim=32, layers=1, heads=2, depth_hidden=32, context=64, codec_model_id=export.half_precision_id(tmp_path / "base" / "last.safetensors"))
+    config = PriorConfig(
+        num_levels=base.model.config.quantizer.num_levels,
+        codebook_size=base.model.config.quantizer.codebook_size,
+        dim=32,
+        layers=1,
+        heads=2,
+        depth_hidden=32,
+        context=64,
+        codec_model_id=export.half_precision_id(tmp_path / "base" / "last.safetensors"),
+    )
     TokenPrior(TokenPriorModel(config), "prior:tiny").save(prior_run / "best.safetensors")
     (prior_run / "state.safetensors").write_bytes((tmp_path / "base" / "state.safetensors").read_bytes())
     assets = tmp_path / "assets"
@@ -179,8 +259,20 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     monkeypatch.setattr(export, "BUNDLED_PRIOR", assets / "prior.safetensors")
 
     def ship(run: str) -> None:
-        export.main(["--run", str(tmp_path / run), "--checkpoint", "last.safetensors", "--manifest", str(tiny_corpus),
-                     "--prior-run", str(prior_run), "--prior-fitted-to", str(tmp_path / "base" / "last.safetensors")])
+        export.main(
+            [
+                "--run",
+                str(tmp_path / run),
+                "--checkpoint",
+                "last.safetensors",
+                "--manifest",
+                str(tiny_corpus),
+                "--prior-run",
+                str(prior_run),
+                "--prior-fitted-to",
+                str(tmp_path / "base" / "last.safetensors"),
+            ]
+        )
 
     ship("tuned")
     shipped, prior = Codec.load(assets / "codec.safetensors"), TokenPrior.load(assets / "prior.safetensors")
@@ -193,8 +285,9 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
 def test_half_precision_id_hashes_the_config_as_stored(tmp_path):
     # A checkpoint whose config holds fields this version no longer writes (as the bundled
     # model's does) keeps the id it shipped with.
-    from codec.checkpoint import read_checkpoint, save_checkpoint
     from conftest import make_tiny_codec
+
+    from codec.checkpoint import read_checkpoint, save_checkpoint
     from training import export
 
     make_tiny_codec().save(tmp_path / "new.safetensors")
@@ -216,7 +309,9 @@ def test_level_dropout_override_reaches_the_model_and_its_checkpoint(tiny_corpus
     assert json.loads((tmp_path / "uniform" / "config.json").read_text())["model"]["quantizer"]["level_dropout"] == 1.0
     # A warm start with another level dropout keeps the codebooks (only the sampling of levels differs).
     base = Codec.load(tmp_path / "uniform" / "last.safetensors").model
-    fresh = build_model(dataclasses.replace(base.config, quantizer=dataclasses.replace(base.config.quantizer, level_dropout=0.25)))
+    fresh = build_model(
+        dataclasses.replace(base.config, quantizer=dataclasses.replace(base.config.quantizer, level_dropout=0.25))
+    )
     warm_start(fresh, str(tmp_path / "uniform" / "last.safetensors"), announce=False)
     for name, tensor in base.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
@@ -267,11 +362,32 @@ def test_a_step_with_non_finite_gradients_is_skipped_not_applied(tiny_corpus, tm
 def test_refresh_eval_replaces_only_the_cards_evaluation_tables(tmp_path, monkeypatch):
     from training import export
 
-    card = "\n".join(["# Model card: m", "", "- trained 5 steps", "",
-                      "## Evaluation (held-out speech, `python -m training.evaluate`)", "",
-                      "| family | pesq_wb |", "|---|---|", "| ours | 1.0 |", "",
-                      "## Codebook usage on the evaluation files", "", "| level | used |", "|---|---|", "| 1 | 0.5 |", "",
-                      "## Token prior", "", "| setting | bits |", "|---|---|", "| 1.5 | 6.1 |", ""])
+    card = "\n".join(
+        [
+            "# Model card: m",
+            "",
+            "- trained 5 steps",
+            "",
+            "## Evaluation (held-out speech, `python -m training.evaluate`)",
+            "",
+            "| family | pesq_wb |",
+            "|---|---|",
+            "| ours | 1.0 |",
+            "",
+            "## Codebook usage on the evaluation files",
+            "",
+            "| level | used |",
+            "|---|---|",
+            "| 1 | 0.5 |",
+            "",
+            "## Token prior",
+            "",
+            "| setting | bits |",
+            "|---|---|",
+            "| 1.5 | 6.1 |",
+            "",
+        ]
+    )
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / "MODEL_CARD.md").write_text(card)
@@ -291,8 +407,15 @@ def test_refresh_eval_replaces_only_the_cards_evaluation_tables(tmp_path, monkey
 
 
 def test_bf16_gan_steps_every_other_step_on_crops_and_resume_exactly(tiny_corpus, tmp_path):
-    options = dict(precision="bf16", adversarial=True, adversarial_items=2, adversarial_seconds=0.25,
-                   adversarial_every=2, augment=0.5, log_every=1)
+    options = dict(
+        precision="bf16",
+        adversarial=True,
+        adversarial_items=2,
+        adversarial_seconds=0.25,
+        adversarial_every=2,
+        augment=0.5,
+        log_every=1,
+    )
     tiny_run(tiny_corpus, tmp_path / "straight", steps=6, **options)
     tiny_run(tiny_corpus, tmp_path / "resumed", steps=3, **options)
     tiny_run(tiny_corpus, tmp_path / "resumed", steps=6, **options)
@@ -348,6 +471,7 @@ def test_validation_reports_pesq_stoi_and_a_quality_score(tiny_corpus):
     assert result["quality"] == pytest.approx(expected, abs=1e-3)
     # Standard errors over the clips: the spread of the per-clip scores over sqrt(clips).
     import numpy as np
+
     from training.metrics import stoi as stoi_of
 
     se = result["standard_error"]

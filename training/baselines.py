@@ -139,8 +139,14 @@ class Opus(System):
 
 # Opus TOC byte: config = toc >> 3 gives the mode and the coded audio bandwidth (RFC 6716, 3.1).
 _OPUS_CONFIGS = (
-    [("SILK", "NB")] * 4 + [("SILK", "MB")] * 4 + [("SILK", "WB")] * 4 + [("Hybrid", "SWB")] * 2
-    + [("Hybrid", "FB")] * 2 + [("CELT", "NB")] * 4 + [("CELT", "WB")] * 4 + [("CELT", "SWB")] * 4
+    [("SILK", "NB")] * 4
+    + [("SILK", "MB")] * 4
+    + [("SILK", "WB")] * 4
+    + [("Hybrid", "SWB")] * 2
+    + [("Hybrid", "FB")] * 2
+    + [("CELT", "NB")] * 4
+    + [("CELT", "WB")] * 4
+    + [("CELT", "SWB")] * 4
     + [("CELT", "FB")] * 4
 )
 
@@ -202,9 +208,15 @@ def missing_tools() -> dict[str, list[str]]:
 
 
 def build_systems(
-    codec: Codec | None, bitrates: list[float], baselines: bool = True, warn=print,
-    entropy_bitrates: list[float] = (), prior: TokenPrior | None = None, pitch_bitrates: list[float] = (),
-    opus_kbps: tuple[float, ...] = OPUS_KBPS, codec2_modes: tuple[int, ...] = CODEC2_MODES,
+    codec: Codec | None,
+    bitrates: list[float],
+    baselines: bool = True,
+    warn=print,
+    entropy_bitrates: list[float] = (),
+    prior: TokenPrior | None = None,
+    pitch_bitrates: list[float] = (),
+    opus_kbps: tuple[float, ...] = OPUS_KBPS,
+    codec2_modes: tuple[int, ...] = CODEC2_MODES,
 ) -> list[System]:
     """Our codec at each bitrate (one per distinct number of levels), entropy-coded with `prior`
     at each of `entropy_bitrates`, then the baselines found at their settings."""
@@ -214,7 +226,10 @@ def build_systems(
         for kbps in bitrates:
             system = OurCodec(codec, kbps)
             if system.levels in seen:
-                warn(f"warning: {kbps:g} kbps gives the same {system.levels} levels as {seen[system.levels]:g} kbps; skipped")
+                warn(
+                    f"warning: {kbps:g} kbps gives the same {system.levels} levels as {seen[system.levels]:g} "
+                    f"kbps; skipped"
+                )
                 continue
             seen[system.levels] = kbps
             systems.append(system)

@@ -44,8 +44,9 @@ PACK = Path("burst")
 
 def tracked_bytes() -> int:
     """Bytes of the files git would send: tracked, and untracked but not ignored."""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           capture_output=True, check=True).stdout.split(b"\0")
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True
+    ).stdout.split(b"\0")
     return sum(Path(n.decode()).stat().st_size for n in names if n and Path(n.decode()).is_file())
 
 
@@ -62,10 +63,31 @@ def changed_tensors(weights: dict[str, torch.Tensor], base: dict[str, torch.Tens
 
 def download_wheels(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-                    "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(folder), *WHEELS],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            str(folder),
+            *WHEELS,
+        ],
+        check=True,
+    )
 
 
 def pack_audio(config: TrainConfig, out: Path, budget: int, kbps: float, seed: int) -> float:
@@ -90,8 +112,15 @@ def pack_audio(config: TrainConfig, out: Path, budget: int, kbps: float, seed: i
                 break
             used += size
             minutes += clip.duration / 60
-            entries.append({"path": f"audio/{path.name}", "kind": kind, "group": clip.group,
-                            "duration": clip.duration, "split": "train"})
+            entries.append(
+                {
+                    "path": f"audio/{path.name}",
+                    "kind": kind,
+                    "group": clip.group,
+                    "duration": clip.duration,
+                    "split": "train",
+                }
+            )
     (out / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     return minutes
 
@@ -106,7 +135,9 @@ def pack(args: argparse.Namespace) -> None:
     download_wheels(out / "wheels")
     state = load_file(run / "state.safetensors")
     prefix = "module.discriminator/"
-    discriminator = {k[len(prefix):]: v.half() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)}
+    discriminator = {
+        k[len(prefix) :]: v.half() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)
+    }
     if discriminator:
         save_file(discriminator, out / "discriminator.safetensors")
     weights = Codec.load(run / "last.safetensors").model.state_dict()
@@ -115,8 +146,10 @@ def pack(args: argparse.Namespace) -> None:
     used = tracked_bytes() + sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     minutes = pack_audio(config, out, BUDGET_BYTES - used - args.margin_mib * 2**20, args.kbps, args.seed)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {size / 2**20:.1f} MiB ({minutes:.1f} min of audio at {args.kbps:g} kbps); "
-          f"with the working tree {(size + tracked_bytes()) / 2**20:.1f} of {BUDGET_BYTES / 2**20:.0f} MiB")
+    print(
+        f"{out}: {size / 2**20:.1f} MiB ({minutes:.1f} min of audio at {args.kbps:g} kbps); "
+        f"with the working tree {(size + tracked_bytes()) / 2**20:.1f} of {BUDGET_BYTES / 2**20:.0f} MiB"
+    )
 
 
 def run_burst(args: argparse.Namespace) -> None:
@@ -133,10 +166,20 @@ def run_burst(args: argparse.Namespace) -> None:
     config = TrainConfig(**json.loads((pack_dir / "train.json").read_text()))
     has_discriminator = (pack_dir / "discriminator.safetensors").exists()
     config = dataclasses.replace(
-        config, manifest=str(pack_dir / "manifest.jsonl"), run_dir=str(work / "run"), init_from=str(work / "init.safetensors"),
+        config,
+        manifest=str(pack_dir / "manifest.jsonl"),
+        run_dir=str(work / "run"),
+        init_from=str(work / "init.safetensors"),
         init_discriminator=str(pack_dir / "discriminator.safetensors") if has_discriminator else "",
-        max_minutes=args.minutes, precision="bf16", batch_size=args.batch_size, threads=0,
-        val_every=10**9, save_every=10**9, steps=10**9, log_every=args.log_every)
+        max_minutes=args.minutes,
+        precision="bf16",
+        batch_size=args.batch_size,
+        threads=0,
+        val_every=10**9,
+        save_every=10**9,
+        steps=10**9,
+        log_every=args.log_every,
+    )
     started = time.time()
     train(config)
     run_dir = Path(config.run_dir)
@@ -145,7 +188,10 @@ def run_burst(args: argparse.Namespace) -> None:
     if has_discriminator:
         state = load_file(run_dir / "state.safetensors")
         prefix = "module.discriminator/"
-        save_file({k[len(prefix):]: v.half() for k, v in state.items() if k.startswith(prefix)}, out / "discriminator.safetensors")
+        save_file(
+            {k[len(prefix) :]: v.half() for k, v in state.items() if k.startswith(prefix)},
+            out / "discriminator.safetensors",
+        )
     (out / "metrics.jsonl").write_bytes((run_dir / "metrics.jsonl").read_bytes())
     print(f"burst: {time.time() - started:.0f} s; wrote {', '.join(sorted(p.name for p in out.iterdir()))}")
 
@@ -188,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("result", type=Path)
     p.add_argument("--run", type=Path, required=True)
     for p in sub.choices.values():
-        p.add_argument("--base", type=Path, help="the model the pack's weights are changes to (default: the bundled one)")
+        p.add_argument(
+            "--base", type=Path, help="the model the pack's weights are changes to (default: the bundled one)"
+        )
     args = parser.parse_args(argv)
     {"pack": pack, "run": run_burst, "merge": merge}[args.command](args)
 

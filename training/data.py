@@ -68,7 +68,9 @@ class Augment:
         u = torch.rand(7, generator=g, dtype=torch.float64)
         # One smooth gain curve over log-frequency, applied in the frequency domain (a tenth of
         # the time of three biquads): two shelves and a peak.
-        octaves = torch.log2(torch.fft.rfftfreq(len(wav), 1 / self.sample_rate, dtype=torch.float64).clamp_min(20) / 1000)
+        octaves = torch.log2(
+            torch.fft.rfftfreq(len(wav), 1 / self.sample_rate, dtype=torch.float64).clamp_min(20) / 1000
+        )
         low = (2 * u[0] - 1) * self.eq_db * torch.sigmoid(-4 * (octaves - (-2.5 + 1.5 * u[1])))
         high = (2 * u[2] - 1) * self.eq_db * torch.sigmoid(4 * (octaves - (1 + 1.5 * u[3])))
         peak = (2 * u[4] - 1) * self.eq_db * torch.exp(-0.5 * ((octaves - (-2.3 + 5 * u[5])) / (0.3 + u[6])) ** 2)

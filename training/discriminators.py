@@ -45,9 +45,7 @@ class DiscriminatorConfig:
     stft_channels: int = 16
 
 
-def _wn_conv2d(
-    in_ch: int, out_ch: int, kernel: tuple[int, int], stride=(1, 1), dilation=(1, 1)
-) -> nn.Conv2d:
+def _wn_conv2d(in_ch: int, out_ch: int, kernel: tuple[int, int], stride=(1, 1), dilation=(1, 1)) -> nn.Conv2d:
     padding = ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
     return weight_norm(nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation))
 
@@ -85,13 +83,9 @@ class PeriodDiscriminator(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """One `PeriodDiscriminator` per period."""
 
-    def __init__(
-        self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: int = 16, max_channels: int = 128
-    ):
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: int = 16, max_channels: int = 128):
         super().__init__()
-        self.discriminators = nn.ModuleList(
-            PeriodDiscriminator(p, channels, max_channels) for p in periods
-        )
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, channels, max_channels) for p in periods)
 
     def forward(self, x: Tensor) -> list[DiscriminatorOutput]:
         """x: [B, 1, T] -> one output per period."""
@@ -113,9 +107,7 @@ class STFTDiscriminator(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         layers = [_wn_conv2d(2, channels, (3, 9))]
         for dilation in (1, 2, 4):
-            layers.append(
-                _wn_conv2d(channels, channels, (3, 9), stride=(1, 2), dilation=(dilation, 1))
-            )
+            layers.append(_wn_conv2d(channels, channels, (3, 9), stride=(1, 2), dilation=(dilation, 1)))
         layers.append(_wn_conv2d(channels, channels, (3, 3)))
         self.convs = nn.ModuleList(layers)
         self.post = _wn_conv2d(channels, 1, (3, 3))
@@ -161,9 +153,7 @@ class Discriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()):
         super().__init__()
         self.config = config
-        self.mpd = MultiPeriodDiscriminator(
-            config.periods, config.mpd_channels, config.mpd_max_channels
-        )
+        self.mpd = MultiPeriodDiscriminator(config.periods, config.mpd_channels, config.mpd_max_channels)
         self.mrsd = MultiResolutionSTFTDiscriminator(config.stft_n_ffts, config.stft_channels)
 
     def forward(self, x: Tensor) -> list[DiscriminatorOutput]:

@@ -19,7 +19,8 @@ training.cleanset beside the validation split), reported and written (to OUT/NAM
 Each set's report ends with the quality targets (training.targets) checked on it.
 Writes per_file.csv, summary.csv, usage.csv (our codebook usage per level over the scored files and,
 with --usage-whole-split, over the whole split),
-rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a seeded random order, so a --max-minutes subset mixes sources.
+rate_distortion.png and spectrograms.png to --out and prints the summary. Files are taken in a
+seeded random order, so a --max-minutes subset mixes sources.
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ class AudioFile:
     english: bool = False  # scored for dWER
 
 
-def manifest_files(manifest: str, split: str, kinds: tuple[str, ...] | None = None,
-                   english: perceptual.EnglishFiles = perceptual.EnglishFiles()) -> list[AudioFile]:
+def manifest_files(
+    manifest: str,
+    split: str,
+    kinds: tuple[str, ...] | None = None,
+    english: perceptual.EnglishFiles = perceptual.EnglishFiles(),
+) -> list[AudioFile]:
     """The manifest's files of this split (and these kinds; None: every kind), in manifest order."""
     root = Path(manifest).parent
     files = []
@@ -110,8 +115,10 @@ def calibrate_delays(systems: list[System], files: list[AudioFile], max_lag_s: f
     these files."""
     references = [load_audio(f.path) for f in files]
     max_lag = int(round(max_lag_s * SAMPLE_RATE))
-    return {s.name: s.delay if s.delay is not None else system_delay([(r, s.run(r).audio) for r in references], max_lag)
-            for s in tqdm(systems, desc="measuring delays", unit="system")}
+    return {
+        s.name: s.delay if s.delay is not None else system_delay([(r, s.run(r).audio) for r in references], max_lag)
+        for s in tqdm(systems, desc="measuring delays", unit="system")
+    }
 
 
 def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int], listen: bool = False) -> FileResult:
@@ -135,12 +142,26 @@ def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int]
             if listening.transcript is not None:
                 transcripts[system.name] = (original.transcript, listening.transcript)
         kbps = output.num_bytes * 8 / seconds / 1000
-        rows.append(Row(
-            file.name, seconds, system.family, system.setting, output.num_bytes, kbps,
-            output.payload_bps / 1000, 1000 * lag / SAMPLE_RATE,
-            scores.pesq_wb, scores.stoi, scores.si_sdr, scores.mel_distance, bandwidth_note(output.bandwidths),
-            middle - start, scored - middle, **heard,
-        ))
+        rows.append(
+            Row(
+                file.name,
+                seconds,
+                system.family,
+                system.setting,
+                output.num_bytes,
+                kbps,
+                output.payload_bps / 1000,
+                1000 * lag / SAMPLE_RATE,
+                scores.pesq_wb,
+                scores.stoi,
+                scores.si_sdr,
+                scores.mel_distance,
+                bandwidth_note(output.bandwidths),
+                middle - start,
+                scored - middle,
+                **heard,
+            )
+        )
         bandwidths[system.name] = output.bandwidths
     return FileResult(rows, bandwidths, original.dnsmos if original else None, transcripts)
 
@@ -149,17 +170,34 @@ def evaluate_file(systems: list[System], file: AudioFile, delays: dict[str, int]
 _worker_systems: list[System] = []
 
 
-def _init_worker(checkpoint: str | None, bitrates: list[float], baselines: bool, use_codec: bool,
-                 threads: int, entropy_bitrates: list[float] = (), prior_checkpoint: str | None = None,
-                 pitch_bitrates: list[float] = (), opus_kbps=OPUS_KBPS, codec2_modes=CODEC2_MODES) -> None:
+def _init_worker(
+    checkpoint: str | None,
+    bitrates: list[float],
+    baselines: bool,
+    use_codec: bool,
+    threads: int,
+    entropy_bitrates: list[float] = (),
+    prior_checkpoint: str | None = None,
+    pitch_bitrates: list[float] = (),
+    opus_kbps=OPUS_KBPS,
+    codec2_modes=CODEC2_MODES,
+) -> None:
     global _worker_systems
     torch.set_num_threads(threads)
     codec = Codec.load(checkpoint) if use_codec else None
     needs_prior = (entropy_bitrates or pitch_bitrates) and codec is not None
     prior = load_prior(prior_checkpoint, codec) if needs_prior else None
-    _worker_systems = build_systems(codec, bitrates, baselines, warn=lambda *_: None,
-                                    entropy_bitrates=entropy_bitrates, prior=prior, pitch_bitrates=pitch_bitrates,
-                                    opus_kbps=opus_kbps, codec2_modes=codec2_modes)
+    _worker_systems = build_systems(
+        codec,
+        bitrates,
+        baselines,
+        warn=lambda *_: None,
+        entropy_bitrates=entropy_bitrates,
+        prior=prior,
+        pitch_bitrates=pitch_bitrates,
+        opus_kbps=opus_kbps,
+        codec2_modes=codec2_modes,
+    )
 
 
 def load_prior(path: str | None, codec: Codec) -> TokenPrior:
@@ -187,12 +225,18 @@ def active_seconds(audio: np.ndarray, seconds: float = plots.SPECTROGRAM_SECONDS
     return float(np.sum(energy > energy.max() - 30)) * 0.02 if len(energy) else 0.0
 
 
-def render_examples(systems: list[System], files: list[AudioFile], count: int, delays: dict[str, int]) -> list[plots.Example]:
+def render_examples(
+    systems: list[System], files: list[AudioFile], count: int, delays: dict[str, int]
+) -> list[plots.Example]:
     """The `count` busiest of the first 50 clips through ours at ~1.5 and ~3 kbps, Opus 6 kbps and
     Codec2 3200 (those that ran), aligned as they were for scoring."""
     busiest = sorted(files[:50], key=lambda f: -active_seconds(load_audio(f.path)))[:count]
-    wanted = [closest(systems, "ours", 1.5), closest(systems, "ours", 3.0), closest(systems, "opus", 6),
-              closest(systems, "codec2", 3.2)]
+    wanted = [
+        closest(systems, "ours", 1.5),
+        closest(systems, "ours", 3.0),
+        closest(systems, "opus", 6),
+        closest(systems, "codec2", 3.2),
+    ]
     examples = []
     for file in busiest:
         reference = load_audio(file.path)
@@ -200,7 +244,9 @@ def render_examples(systems: list[System], files: list[AudioFile], count: int, d
         for system in dict.fromkeys(s for s in wanted if s is not None):
             output = system.run(reference)
             kbps = output.num_bytes * 8 / (len(reference) / SAMPLE_RATE) / 1000
-            panels.append((f"{system.name}\n{kbps:.2f} kbps charged", shift(output.audio, delays[system.name], len(reference))))
+            panels.append(
+                (f"{system.name}\n{kbps:.2f} kbps charged", shift(output.audio, delays[system.name], len(reference)))
+            )
         examples.append(plots.Example(file.name, panels))
     return examples
 
@@ -217,8 +263,10 @@ def measure_usage(codec: Codec, files: list[AudioFile]) -> list[LevelUsage]:
 
 def format_usage(usage: dict[str, list[LevelUsage]], codebook_size: int) -> str:
     names = list(usage)
-    lines = [f"codebook usage: entries used at least once of {codebook_size} per level (perplexity)",
-             "level  " + "  ".join(f"{name:>28}" for name in names)]
+    lines = [
+        f"codebook usage: entries used at least once of {codebook_size} per level (perplexity)",
+        "level  " + "  ".join(f"{name:>28}" for name in names),
+    ]
     for level in range(len(usage[names[0]])):
         cells = [f"{100 * usage[n][level].used_fraction:5.1f}% ({usage[n][level].perplexity:6.1f})" for n in names]
         lines.append(f"{level + 1:>5}  " + "  ".join(f"{cell:>28}" for cell in cells))
@@ -234,28 +282,51 @@ def run(args: argparse.Namespace) -> list[dict]:
     codec = None if args.no_codec else Codec.load(args.checkpoint)
     needs_prior = (args.entropy_bitrates or args.pitch_bitrates) and codec is not None
     prior = load_prior(args.prior, codec) if needs_prior else None
-    systems = build_systems(codec, args.bitrates, not args.no_baselines,
-                            entropy_bitrates=args.entropy_bitrates, prior=prior, pitch_bitrates=args.pitch_bitrates,
-                            opus_kbps=args.opus_kbps, codec2_modes=args.codec2_modes)
+    systems = build_systems(
+        codec,
+        args.bitrates,
+        not args.no_baselines,
+        entropy_bitrates=args.entropy_bitrates,
+        prior=prior,
+        pitch_bitrates=args.pitch_bitrates,
+        opus_kbps=args.opus_kbps,
+        codec2_modes=args.codec2_modes,
+    )
     if not systems:
         raise SystemExit("nothing to evaluate: no codec and no baselines")
     files = list_files(args)
     if not files:
         raise SystemExit("no audio files found")
-    print(f"{len(files)} files, {sum(f.seconds for f in files) / 60:.2f} minutes, "
-          f"{len(systems)} systems: {', '.join(s.name for s in systems)}")
+    print(
+        f"{len(files)} files, {sum(f.seconds for f in files) / 60:.2f} minutes, "
+        f"{len(systems)} systems: {', '.join(s.name for s in systems)}"
+    )
     if args.perceptual:
         print(f"dWER on the {sum(f.english for f in files)} English file(s); DNSMOS and speaker similarity on all")
     delays = calibrate_delays(systems, files[: args.delay_files], max_lag_s)
-    print("delays removed (ms, measured on the first "
-          f"{min(args.delay_files, len(files))} files): "
-          + ", ".join(f"{name} {1000 * lag / SAMPLE_RATE:+.2f}" for name, lag in delays.items()))
+    print(
+        "delays removed (ms, measured on the first "
+        f"{min(args.delay_files, len(files))} files): "
+        + ", ".join(f"{name} {1000 * lag / SAMPLE_RATE:+.2f}" for name, lag in delays.items())
+    )
 
     if args.jobs > 1:
         pool = ProcessPoolExecutor(
-            args.jobs, multiprocessing.get_context("spawn"), _init_worker,
-            (args.checkpoint, args.bitrates, not args.no_baselines, codec is not None, args.threads,
-             args.entropy_bitrates, args.prior, args.pitch_bitrates, args.opus_kbps, args.codec2_modes),
+            args.jobs,
+            multiprocessing.get_context("spawn"),
+            _init_worker,
+            (
+                args.checkpoint,
+                args.bitrates,
+                not args.no_baselines,
+                codec is not None,
+                args.threads,
+                args.entropy_bitrates,
+                args.prior,
+                args.pitch_bitrates,
+                args.opus_kbps,
+                args.codec2_modes,
+            ),
         )
         futures = [pool.submit(_evaluate_in_worker, f, delays, args.perceptual) for f in files]
         results = [future.result() for future in tqdm(futures, desc="files", unit="file")]
@@ -276,24 +347,34 @@ def run(args: argparse.Namespace) -> list[dict]:
         usage[f"scored files, {minutes:.1f} min"] = measure_usage(codec, files)
         if args.usage_whole_split and args.manifest:
             split = manifest_files(args.manifest, args.split)
-            usage[f"whole {args.split} split, {sum(f.seconds for f in split) / 60:.1f} min"] = measure_usage(codec, split)
+            usage[f"whole {args.split} split, {sum(f.seconds for f in split) / 60:.1f} min"] = measure_usage(
+                codec, split
+            )
         write_csv(out / "usage.csv", [{"files": name, **asdict(u)} for name, levels in usage.items() for u in levels])
 
-    print(f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
-          "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
-          "header, all included); payload = the coded frames alone; lag = the system's delay, removed")
+    print(
+        f"\n{len(files)} files, {minutes:.2f} minutes of audio; metrics are means over files; kbps = file "
+        "bytes * 8 / duration (ours: bitstream header, opus: Ogg pages and OpusHead/OpusTags, codec2: .c2 "
+        "header, all included); payload = the coded frames alone; lag = the system's delay, removed"
+    )
     if args.perceptual:
-        print("dWER = word errors of pocketsphinx on the output against its transcript of the original, pooled "
-              "over English files; SIG/BAK/OVRL = DNSMOS P.835 (reference: the originals); spk = speaker similarity")
+        print(
+            "dWER = word errors of pocketsphinx on the output against its transcript of the original, pooled "
+            "over English files; SIG/BAK/OVRL = DNSMOS P.835 (reference: the originals); spk = speaker similarity"
+        )
     print(format_table(summary))
     print("\ntargets:\n" + targets.report(summary))
     if usage:
         print("\n" + format_usage(usage, codec.config.quantizer.codebook_size))
     elapsed = time.perf_counter() - start
-    print(f"\ncodec time {sum(s['codec_s'] or 0 for s in summary):.1f} s, scoring time "
-          f"{sum(s['score_s'] or 0 for s in summary):.1f} s, perceptual metrics {sum(s['listen_s'] or 0 for s in summary):.1f} s "
-          f"(summed over jobs), wall {elapsed:.1f} s with {args.jobs} job(s)")
-    print(f"wrote {', '.join(str(out / n) for n in ('per_file.csv', 'summary.csv', 'rate_distortion.png', 'spectrograms.png'))}")
+    print(
+        f"\ncodec time {sum(s['codec_s'] or 0 for s in summary):.1f} s, scoring time "
+        f"{sum(s['score_s'] or 0 for s in summary):.1f} s, "
+        f"perceptual metrics {sum(s['listen_s'] or 0 for s in summary):.1f} s "
+        f"(summed over jobs), wall {elapsed:.1f} s with {args.jobs} job(s)"
+    )
+    written = ("per_file.csv", "summary.csv", "rate_distortion.png", "spectrograms.png")
+    print(f"wrote {', '.join(str(out / n) for n in written)}")
     return summary
 
 
@@ -305,45 +386,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="val", help="manifest split")
     parser.add_argument("--kind", action="append", help="manifest kind (speech, tts, music); repeatable")
     parser.add_argument("--checkpoint", help="codec checkpoint; default: the bundled model")
-    parser.add_argument("--bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 1.5, 3.0, 6.0],
-                        help="our codec's bitrates in kbps, comma-separated")
-    parser.add_argument("--entropy-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
-                        help="also our codec at these kbps with its tokens entropy-coded by the prior "
-                             "(charged the bytes of `codec encode --entropy`'s file)")
-    parser.add_argument("--opus-kbps", type=lambda s: tuple(float(x) for x in s.split(",")), default=OPUS_KBPS,
-                        help="Opus bitrates (kbps), comma-separated")
-    parser.add_argument("--codec2-modes", type=lambda s: tuple(int(x) for x in s.split(",")), default=CODEC2_MODES,
-                        help="Codec2 modes (bit/s), comma-separated")
-    parser.add_argument("--pitch-bitrates", type=lambda s: [float(x) for x in s.split(",")], default=[],
-                        help="also our codec at these kbps entropy-coded with the pitch side stream "
-                             "(charged the bytes of `codec encode --entropy --pitch`'s file)")
+    parser.add_argument(
+        "--bitrates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[1.0, 1.5, 3.0, 6.0],
+        help="our codec's bitrates in kbps, comma-separated",
+    )
+    parser.add_argument(
+        "--entropy-bitrates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[],
+        help="also our codec at these kbps with its tokens entropy-coded by the prior "
+        "(charged the bytes of `codec encode --entropy`'s file)",
+    )
+    parser.add_argument(
+        "--opus-kbps",
+        type=lambda s: tuple(float(x) for x in s.split(",")),
+        default=OPUS_KBPS,
+        help="Opus bitrates (kbps), comma-separated",
+    )
+    parser.add_argument(
+        "--codec2-modes",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=CODEC2_MODES,
+        help="Codec2 modes (bit/s), comma-separated",
+    )
+    parser.add_argument(
+        "--pitch-bitrates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[],
+        help="also our codec at these kbps entropy-coded with the pitch side stream "
+        "(charged the bytes of `codec encode --entropy --pitch`'s file)",
+    )
     parser.add_argument("--prior", help="prior checkpoint for --entropy-bitrates; default: the bundled prior")
     parser.add_argument("--no-baselines", action="store_true", help="skip Opus and Codec2")
     parser.add_argument("--no-codec", action="store_true", help="baselines only")
     parser.add_argument("--max-files", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="order in which files are taken")
-    parser.add_argument("--max-lag-ms", type=float, default=100.0,
-                        help="delay compensation searches lags up to this; 0 scores outputs as they are")
-    parser.add_argument("--delay-files", type=int, default=20,
-                        help="files on which each system's delay is measured (pooled over them)")
+    parser.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=100.0,
+        help="delay compensation searches lags up to this; 0 scores outputs as they are",
+    )
+    parser.add_argument(
+        "--delay-files", type=int, default=20, help="files on which each system's delay is measured (pooled over them)"
+    )
     parser.add_argument("--examples", type=int, default=2, help="clips shown in spectrograms.png (0: no spectrograms)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one model each)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per process; more than one is slower when the cores are busy")
-    parser.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=True,
-                        help="dWER, DNSMOS and speaker similarity (training.perceptual); --no-perceptual skips them")
-    parser.add_argument("--english", action="append", default=[], metavar="GLOB_OR_LIST",
-                        help="files scored for dWER: a glob on the file's relative name ('*' crosses '/'), or a "
-                             "file listing relative names one a line; repeatable. Manifest files whose group is "
-                             "'en' or 'en_XX' are English without it")
-    parser.add_argument("--usage-whole-split", action="store_true",
-                        help="also measure codebook usage over every file of --split, of every kind")
-    parser.add_argument("--also", nargs=3, action="append", default=[], metavar=("NAME", "MANIFEST", "SPLIT"),
-                        help="another held-out set scored in the same run with the same systems and options (--kind included), "
-                             "reported on its own and written to OUT/NAME; repeatable")
-    parser.add_argument("--also-max-minutes", type=float,
-                        help="--max-minutes for the --also sets (default: the same as the main set's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process; more than one is slower when the cores are busy",
+    )
+    parser.add_argument(
+        "--perceptual",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dWER, DNSMOS and speaker similarity (training.perceptual); --no-perceptual skips them",
+    )
+    parser.add_argument(
+        "--english",
+        action="append",
+        default=[],
+        metavar="GLOB_OR_LIST",
+        help="files scored for dWER: a glob on the file's relative name ('*' crosses '/'), or a "
+        "file listing relative names one a line; repeatable. Manifest files whose group is "
+        "'en' or 'en_XX' are English without it",
+    )
+    parser.add_argument(
+        "--usage-whole-split",
+        action="store_true",
+        help="also measure codebook usage over every file of --split, of every kind",
+    )
+    parser.add_argument(
+        "--also",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "MANIFEST", "SPLIT"),
+        help="another held-out set scored in the same run with the same systems and options (--kind included), "
+        "reported on its own and written to OUT/NAME; repeatable",
+    )
+    parser.add_argument(
+        "--also-max-minutes", type=float, help="--max-minutes for the --also sets (default: the same as the main set's)"
+    )
     parser.add_argument("--out", default="docs/eval")
     return parser.parse_args(argv)
 
@@ -351,15 +480,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sets = [(args.manifest or args.folder, args)] + [
-        (name, argparse.Namespace(**{**vars(args), "manifest": manifest, "folder": None, "split": split,
-                                      "out": str(Path(args.out) / name), "usage_whole_split": False,
-                                      "max_minutes": args.max_minutes if args.also_max_minutes is None
-                                      else args.also_max_minutes}))
+        (
+            name,
+            argparse.Namespace(
+                **{
+                    **vars(args),
+                    "manifest": manifest,
+                    "folder": None,
+                    "split": split,
+                    "out": str(Path(args.out) / name),
+                    "usage_whole_split": False,
+                    "max_minutes": args.max_minutes if args.also_max_minutes is None else args.also_max_minutes,
+                }
+            ),
+        )
         for name, manifest, split in args.also
     ]
     for name, set_args in sets:
         if len(sets) > 1:
-            print(f"\n===== held-out set {name} ({set_args.split if set_args.manifest else 'folder'}) -> {set_args.out} =====")
+            split = set_args.split if set_args.manifest else "folder"
+            print(f"\n===== held-out set {name} ({split}) -> {set_args.out} =====")
         run(set_args)
 
 

@@ -87,7 +87,10 @@ def data_table(manifest: Path) -> list[str]:
         minutes[(entry["source_package"], entry["kind"], entry["license"], entry["split"])] += entry["duration"] / 60
     rows = ["| source package | kind | license | train min | val min |", "|---|---|---|---|---|"]
     for package, kind, license_ in sorted({k[:3] for k in minutes}):
-        train, val = minutes.get((package, kind, license_, "train"), 0), minutes.get((package, kind, license_, "val"), 0)
+        train, val = (
+            minutes.get((package, kind, license_, "train"), 0),
+            minutes.get((package, kind, license_, "val"), 0),
+        )
         rows.append(f"| {package} | {kind} | {license_} | {train:.1f} | {val:.1f} |")
     return rows
 
@@ -126,14 +129,18 @@ def retarget_prior(prior: TokenPrior, fitted_to_path: Path, shipped: Codec) -> T
             continue
         a, b = (t.half() if t.is_floating_point() else t for t in (tensor, new[name]))
         if a.dtype != b.dtype or not torch.equal(a, b):
-            raise SystemExit(f"{name} differs between the codecs: the shipped codec's tokens are not those the prior was fitted to")
+            raise SystemExit(
+                f"{name} differs between the codecs: the shipped codec's tokens are not those the prior was fitted to"
+            )
     model = TokenPriorModel(dataclasses.replace(prior.config, codec_model_id=shipped.model_id))
     model.load_state_dict(prior.model.state_dict())
     return TokenPrior(model, prior.model_id)
 
 
-EVAL_SECTIONS = {"## Evaluation (held-out speech, `python -m training.evaluate`)": "summary.csv",
-                 "## Codebook usage on the evaluation files": "usage.csv"}
+EVAL_SECTIONS = {
+    "## Evaluation (held-out speech, `python -m training.evaluate`)": "summary.csv",
+    "## Codebook usage on the evaluation files": "usage.csv",
+}
 
 
 def refresh_card_evaluation(card: str, folder: Path) -> str:
@@ -156,20 +163,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path)
     parser.add_argument("--checkpoint", default="best.safetensors", help="file in the run to ship")
     parser.add_argument("--manifest", type=Path)
-    parser.add_argument("--init-run", action="append", default=[], metavar="RUN[:FILE]",
-                        help="a run this one was warm-started from (its FILE, default last.safetensors), "
-                             "oldest first; repeatable")
-    parser.add_argument("--earlier", action="append", default=[], metavar="STEPS:HOURS:LABEL",
-                        help="stages before the first --init-run whose runs are no longer on disk (counted as "
-                             "STEPS steps and HOURS hours, named LABEL; e.g. from the previous model card), oldest first")
+    parser.add_argument(
+        "--init-run",
+        action="append",
+        default=[],
+        metavar="RUN[:FILE]",
+        help="a run this one was warm-started from (its FILE, default last.safetensors), oldest first; repeatable",
+    )
+    parser.add_argument(
+        "--earlier",
+        action="append",
+        default=[],
+        metavar="STEPS:HOURS:LABEL",
+        help="stages before the first --init-run whose runs are no longer on disk (counted as "
+        "STEPS steps and HOURS hours, named LABEL; e.g. from the previous model card), oldest first",
+    )
     parser.add_argument("--eval", type=Path, help="folder with summary.csv, usage.csv, prior.csv")
     parser.add_argument("--prior-run", type=Path, help="prior run whose best.safetensors ships too")
-    parser.add_argument("--prior-fitted-to", type=Path, metavar="CHECKPOINT",
-                        help="codec checkpoint whose tokens the prior was fitted to, if not the shipped one "
-                             "(decoder-only fine-tuning)")
-    parser.add_argument("--refresh-eval", type=Path, metavar="FOLDER",
-                        help="only replace the bundled card's evaluation and usage tables with FOLDER's "
-                             "(a new evaluation of the same shipped model); --run and --manifest are then unused")
+    parser.add_argument(
+        "--prior-fitted-to",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="codec checkpoint whose tokens the prior was fitted to, if not the shipped one (decoder-only fine-tuning)",
+    )
+    parser.add_argument(
+        "--refresh-eval",
+        type=Path,
+        metavar="FOLDER",
+        help="only replace the bundled card's evaluation and usage tables with FOLDER's "
+        "(a new evaluation of the same shipped model); --run and --manifest are then unused",
+    )
     args = parser.parse_args(argv)
     if args.refresh_eval:
         card = ASSETS / "MODEL_CARD.md"
@@ -207,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     config = codec.config
     params = sum(p.numel() for p in codec.model.parameters())
     train_config = json.loads((args.run / "config.json").read_text())["train"]
+    adversarial = train_config["adversarial"]
+    lambdas = {k: v for k, v in train_config["lambdas"].items() if k not in ("adv", "feat") or adversarial}
     q = config.quantizer
     lines = [
         f"# Model card: {codec.model_id}",
@@ -216,14 +241,20 @@ def main(argv: list[str] | None = None) -> None:
         "entries, EMA codebooks), WaveNet decoder with an inverse-STFT head (pulse-train phase at a predicted "
         "f0 in voiced frames) and a linear latent -> log-magnitude path.",
         "",
-        f"- parameters: {params / 1e6:.2f}M; stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
+        f"- parameters: {params / 1e6:.2f}M; "
+        f"stored in half precision ({BUNDLED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)",
         f"- sample rate {config.sample_rate} Hz mono, {config.frame_rate:g} frames/s, "
         f"bitrates {', '.join(f'{b:g}' for b in codec.bitrates())} kbps (1 to {config.quantizer.num_levels} levels)",
-        f"- trained {steps} steps ({history}) of batch {train_config['batch_size']} x {train_config['segment_seconds']} s "
+        f"- trained {steps} steps ({history}) of batch "
+        f"{train_config['batch_size']} x {train_config['segment_seconds']} s "
         f"crops, {hours:.1f} h wall time on a 2-core CPU; shipped file: `{args.checkpoint}` of the run",
-        f"- losses (last stage): {', '.join(f'{k} x {v}' for k, v in train_config['lambdas'].items() if v and (k not in ('adv', 'feat') or train_config['adversarial']))}"
+        f"- losses (last stage): {', '.join(f'{k} x {v}' for k, v in lambdas.items() if v)}"
         f"; adversarial training {'on' if train_config['adversarial'] else 'off'}"
-        + (f"; the last stage kept the {' and '.join(train_config['freeze'].split(','))} frozen" if train_config.get("freeze") else ""),
+        + (
+            f"; the last stage kept the {' and '.join(train_config['freeze'].split(','))} frozen"
+            if train_config.get("freeze")
+            else ""
+        ),
         "",
         "## Training data",
         "",
@@ -233,10 +264,19 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     if val:
-        lines += ["## Validation during training of the shipped weights (120 s of held-out speech)", "",
-                  f"step {val['step']}: `{json.dumps(val['val'])}`", ""]
+        lines += [
+            "## Validation during training of the shipped weights (120 s of held-out speech)",
+            "",
+            f"step {val['step']}: `{json.dumps(val['val'])}`",
+            "",
+        ]
     if args.eval and (args.eval / "summary.csv").exists():
-        lines += ["## Evaluation (held-out speech, `python -m training.evaluate`)", "", *eval_table(args.eval / "summary.csv"), ""]
+        lines += [
+            "## Evaluation (held-out speech, `python -m training.evaluate`)",
+            "",
+            *eval_table(args.eval / "summary.csv"),
+            "",
+        ]
     if args.eval and (args.eval / "usage.csv").exists():
         lines += ["## Codebook usage on the evaluation files", "", *eval_table(args.eval / "usage.csv"), ""]
     if args.prior_run:
@@ -246,12 +286,23 @@ def main(argv: list[str] | None = None) -> None:
         prior.save(BUNDLED_PRIOR, half=True)  # runs in float32
         prior = TokenPrior.load(BUNDLED_PRIOR)
         prior_val = best_validation(args.prior_run)
-        lines += ["## Token prior", "", f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
-                  f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
-                  f"- shipped: the best of {run_info(args.prior_run)['step']} steps, step {prior_val['step'] if prior_val else '?'}; "
-                  f"validation then: `{json.dumps(prior_val['val']) if prior_val else 'none'}`", ""]
+        lines += [
+            "## Token prior",
+            "",
+            f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
+            f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
+            f"- shipped: the best of {run_info(args.prior_run)['step']} steps, "
+            f"step {prior_val['step'] if prior_val else '?'}; "
+            f"validation then: `{json.dumps(prior_val['val']) if prior_val else 'none'}`",
+            "",
+        ]
         if args.eval and (args.eval / "prior.csv").exists():
-            lines += ["Held-out speech (`python -m training.evaluate_prior`):", "", *eval_table(args.eval / "prior.csv"), ""]
+            lines += [
+                "Held-out speech (`python -m training.evaluate_prior`):",
+                "",
+                *eval_table(args.eval / "prior.csv"),
+                "",
+            ]
     (ASSETS / "MODEL_CARD.md").write_text("\n".join(lines))
     print(f"wrote {BUNDLED_CHECKPOINT} ({codec.model_id}) and {ASSETS / 'MODEL_CARD.md'}")
 

@@ -65,6 +65,7 @@ class Listening:
 
 # --- models, loaded once per process -------------------------------------------------------
 
+
 @functools.cache
 def _recogniser():
     from pocketsphinx import Decoder
@@ -97,7 +98,7 @@ def _dnsmos_model():
             hops = int(np.floor(len(audio) / fs) - dnsmos.INPUT_LENGTH) + 1
             scores = []
             for index in range(hops):
-                segment = audio[int(index * fs): int((index + dnsmos.INPUT_LENGTH) * fs)]
+                segment = audio[int(index * fs) : int((index + dnsmos.INPUT_LENGTH) * fs)]
                 if len(segment) < length:
                     continue
                 raw = self.onnx_sess.run(None, {"input_1": segment.astype(np.float32)[np.newaxis, :]})[0][0]
@@ -120,6 +121,7 @@ def _resemblyzer():
 
 
 # --- the three metrics ---------------------------------------------------------------------
+
 
 def transcribe(audio: np.ndarray) -> str:
     """The recogniser's words for audio [T] (lower case, space-separated; '' when it hears none)."""
@@ -178,8 +180,11 @@ def speaker_similarity(reference: np.ndarray | None, output: np.ndarray) -> floa
 
 # --- per file ------------------------------------------------------------------------------
 
+
 def listen_to_reference(reference: np.ndarray, english: bool) -> ReferenceListening:
-    return ReferenceListening(transcribe(reference) if english else None, speaker_embedding(reference), dnsmos(reference))
+    return ReferenceListening(
+        transcribe(reference) if english else None, speaker_embedding(reference), dnsmos(reference)
+    )
 
 
 def listen(reference: ReferenceListening, output: np.ndarray) -> Listening:
@@ -188,7 +193,9 @@ def listen(reference: ReferenceListening, output: np.ndarray) -> Listening:
     quality = dnsmos(output)
     scores = PerceptualScores(
         dwer=dwer([reference.transcript], [heard]) if heard is not None else None,
-        dnsmos_sig=quality.sig, dnsmos_bak=quality.bak, dnsmos_ovrl=quality.ovrl,
+        dnsmos_sig=quality.sig,
+        dnsmos_bak=quality.bak,
+        dnsmos_ovrl=quality.ovrl,
         spk_sim=speaker_similarity(reference.embedding, output),
     )
     return Listening(scores, heard)
@@ -227,5 +234,9 @@ class EnglishFiles:
         return cls(tuple(globs), frozenset(names))
 
     def __call__(self, name: str, language: str = "") -> bool:
-        return (language == "en" or language.startswith(("en_", "en-")) or name in self.names
-                or any(fnmatch.fnmatchcase(name, glob) for glob in self.globs))
+        return (
+            language == "en"
+            or language.startswith(("en_", "en-"))
+            or name in self.names
+            or any(fnmatch.fnmatchcase(name, glob) for glob in self.globs)
+        )

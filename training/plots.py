@@ -38,7 +38,9 @@ def rate_distortion(rows: list[dict], path: Path, title: str = "") -> None:
     families = list(dict.fromkeys(row["family"] for row in rows))
     for ax, (key, label, higher) in zip(axes, METRICS):
         for family in families:
-            points = sorted((r["kbps"], r[key], r["setting"]) for r in rows if r["family"] == family and r[key] is not None)
+            points = sorted(
+                (r["kbps"], r[key], r["setting"]) for r in rows if r["family"] == family and r[key] is not None
+            )
             if not points:
                 continue
             color, marker = FAMILY_STYLE.get(family, ("tab:gray", "x"))
@@ -70,13 +72,16 @@ def log_mel_db(audio: np.ndarray, n_fft: int = 1024, hop: int = 160, n_mels: int
     """[T] -> [n_mels, frames] power in dB."""
     x = torch.from_numpy(np.asarray(audio, dtype=np.float32))
     spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
-    fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+    fbank = AF.melscale_fbanks(
+        n_fft // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
+    )
     mel = fbank.T @ spec
     return (10 * torch.log10(mel.clamp(min=1e-10))).numpy()
 
 
-def spectrograms(examples: list[Example], path: Path, max_seconds: float = SPECTROGRAM_SECONDS,
-                 range_db: float = 80.0) -> None:
+def spectrograms(
+    examples: list[Example], path: Path, max_seconds: float = SPECTROGRAM_SECONDS, range_db: float = 80.0
+) -> None:
     """A grid, one row per clip and one column per system; each row shares the reference's scale."""
     columns = max(len(e.panels) for e in examples)
     fig, axes = plt.subplots(len(examples), columns, figsize=(3.4 * columns, 2.8 * len(examples)), squeeze=False)
@@ -86,12 +91,19 @@ def spectrograms(examples: list[Example], path: Path, max_seconds: float = SPECT
         top = images[0][1].max()
         for column, (ax, (title, image)) in enumerate(zip(row, images)):
             seconds = image.shape[1] * 160 / SAMPLE_RATE
-            shown = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", vmin=top - range_db, vmax=top,
-                              extent=(0, seconds, 0, image.shape[0]))
+            shown = ax.imshow(
+                image,
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                vmin=top - range_db,
+                vmax=top,
+                extent=(0, seconds, 0, image.shape[0]),
+            )
             ax.set_title(f"{Path(example.name).name}\n{title}" if column == 0 else title, fontsize=9)
             ax.set_xlabel("s")
         row[0].set_ylabel("mel bin")
-        for ax in row[len(images):]:
+        for ax in row[len(images) :]:
             ax.axis("off")
         fig.colorbar(shown, ax=row[len(images) - 1], label="dB")
     fig.tight_layout()

@@ -80,34 +80,47 @@ def summarize(results: list[FileResult]) -> list[dict]:
         bandwidths = sum((result.bandwidths.get(name, Counter()) for result in results), Counter())
         # (original, output) transcripts of the English files; an empty original has no words to miss
         pairs = [result.transcripts[name] for result in results if result.transcripts.get(name, ("",))[0]]
-        summary.append({
-            "family": family, "setting": setting, "files": len(group), "minutes": seconds / 60,
-            "kbps": sum(r.bytes for r in group) * 8 / seconds / 1000,
-            "payload_kbps": sum(r.payload_kbps * r.seconds for r in group) / seconds,
-            "pesq_wb": _mean([r.pesq_wb for r in group]),
-            "pesq_skipped": sum(r.pesq_wb is None for r in group),
-            "stoi": _mean([r.stoi for r in group]),
-            "stoi_skipped": sum(r.stoi is None for r in group),
-            "si_sdr": _mean([r.si_sdr for r in group]),
-            "mel_distance": _mean([r.mel_distance for r in group]),
-            "dwer": perceptual.dwer([original for original, _ in pairs], [output for _, output in pairs]),
-            "dwer_files": len(pairs), "dwer_words": sum(len(original.split()) for original, _ in pairs),
-            "dnsmos_sig": _mean([r.dnsmos_sig for r in group]),
-            "dnsmos_bak": _mean([r.dnsmos_bak for r in group]),
-            "dnsmos_ovrl": _mean([r.dnsmos_ovrl for r in group]),
-            "spk_sim": _mean([r.spk_sim for r in group]),
-            "lag_ms": statistics.median(r.lag_ms for r in group),
-            "bandwidth": bandwidth_note(bandwidths),
-            "codec_s": sum(r.codec_s for r in group), "score_s": sum(r.score_s for r in group),
-            "listen_s": sum(r.listen_s for r in group),
-        })
+        summary.append(
+            {
+                "family": family,
+                "setting": setting,
+                "files": len(group),
+                "minutes": seconds / 60,
+                "kbps": sum(r.bytes for r in group) * 8 / seconds / 1000,
+                "payload_kbps": sum(r.payload_kbps * r.seconds for r in group) / seconds,
+                "pesq_wb": _mean([r.pesq_wb for r in group]),
+                "pesq_skipped": sum(r.pesq_wb is None for r in group),
+                "stoi": _mean([r.stoi for r in group]),
+                "stoi_skipped": sum(r.stoi is None for r in group),
+                "si_sdr": _mean([r.si_sdr for r in group]),
+                "mel_distance": _mean([r.mel_distance for r in group]),
+                "dwer": perceptual.dwer([original for original, _ in pairs], [output for _, output in pairs]),
+                "dwer_files": len(pairs),
+                "dwer_words": sum(len(original.split()) for original, _ in pairs),
+                "dnsmos_sig": _mean([r.dnsmos_sig for r in group]),
+                "dnsmos_bak": _mean([r.dnsmos_bak for r in group]),
+                "dnsmos_ovrl": _mean([r.dnsmos_ovrl for r in group]),
+                "spk_sim": _mean([r.spk_sim for r in group]),
+                "lag_ms": statistics.median(r.lag_ms for r in group),
+                "bandwidth": bandwidth_note(bandwidths),
+                "codec_s": sum(r.codec_s for r in group),
+                "score_s": sum(r.score_s for r in group),
+                "listen_s": sum(r.listen_s for r in group),
+            }
+        )
     originals = [(result.rows[0].seconds, result.reference) for result in results if result.reference and result.rows]
     if originals:
-        summary.insert(0, dict.fromkeys(summary[0]) | {
-            "family": "reference", "setting": "original", "files": len(originals),
-            "minutes": sum(seconds for seconds, _ in originals) / 60,
-            **{f"dnsmos_{key}": _mean([getattr(d, key) for _, d in originals]) for key in ("sig", "bak", "ovrl")},
-        })
+        summary.insert(
+            0,
+            dict.fromkeys(summary[0])
+            | {
+                "family": "reference",
+                "setting": "original",
+                "files": len(originals),
+                "minutes": sum(seconds for seconds, _ in originals) / 60,
+                **{f"dnsmos_{key}": _mean([getattr(d, key) for _, d in originals]) for key in ("sig", "bak", "ovrl")},
+            },
+        )
     return summary
 
 
@@ -115,8 +128,10 @@ def format_table(summary: list[dict]) -> str:
     def num(value, spec):
         return "-" if value is None else format(value, spec)
 
-    header = f"{'codec':<9} {'setting':<10} {'kbps':>6} {'payload':>7} {'PESQ-WB':>7} {'STOI':>6} " \
-             f"{'SI-SDR':>7} {'mel':>6} {'dWER%':>6} {'SIG':>5} {'BAK':>5} {'OVRL':>5} {'spk':>5} {'lag ms':>7}  note"
+    header = (
+        f"{'codec':<9} {'setting':<10} {'kbps':>6} {'payload':>7} {'PESQ-WB':>7} {'STOI':>6} "
+        f"{'SI-SDR':>7} {'mel':>6} {'dWER%':>6} {'SIG':>5} {'BAK':>5} {'OVRL':>5} {'spk':>5} {'lag ms':>7}  note"
+    )
     lines = [header, "-" * len(header)]
     for s in summary:
         notes = [s["bandwidth"]] if s["bandwidth"] else []

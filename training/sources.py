@@ -56,51 +56,164 @@ def _music(package: str, root: str, license: str, patterns=("**/*.ogg",), **kw) 
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("fillets-ng-data-cs", "fillets-ng-data-cs", "speech", "GPL-2",
-           "usr/share/games/fillets-ng/sound", ("*/cs/*.ogg",), default_group="cs"),
-    Source("tuxpaint-stamps-default", "tuxpaint-stamps-default", "speech", "GPL-2",
-           STAMPS_DIR, ("**/*_desc*.ogg", "**/*_desc*.wav"),
-           group_regex=r"_desc(?:_(?P<group>[a-z]{2,3}(?:_[A-Z]{2})?))?\.", default_group="en",
-           val_groups=frozenset({"da"})),
-    Source("klettres-data", "klettres-data", "speech", "GPL-2+", "usr/share/klettres",
-           ("*/*/*.ogg",), group_regex=_LANG_GROUP, val_groups=frozenset({"da", "uk"})),
-    Source("ktuberling-data", "ktuberling-data", "speech", "GPL-2+", "usr/share/ktuberling/sounds",
-           ("*/*.ogg", "*/*.wav", "*/*.opus"), group_regex=_LANG_GROUP,
-           val_groups=frozenset({"da", "uk"})),
-    Source("hedgewars-voices", "hedgewars-data", "speech", "GFDL-1.3",
-           "usr/share/games/hedgewars/Data/Sounds/voices", ("*/*.ogg",), group_regex=_LANG_GROUP,
-           val_groups=frozenset({"Pirate"})),
-    Source("pocketsphinx-testdata", "pocketsphinx-testdata", "speech", "BSD-2",
-           "usr/share/pocketsphinx/test/data", ("**/*.wav", "**/*.raw"), group_regex=_LANG_GROUP,
-           default_group="pocketsphinx", val_groups=frozenset({ALL}), raw_rate=16000),
-    Source("codec2-examples", "codec2-examples", "speech", "LGPL-2.1", "usr/share/codec2/raw",
-           ("speech_orig_16k.wav",), default_group="codec2", val_groups=frozenset({ALL})),
+    Source(
+        "fillets-ng-data-cs",
+        "fillets-ng-data-cs",
+        "speech",
+        "GPL-2",
+        "usr/share/games/fillets-ng/sound",
+        ("*/cs/*.ogg",),
+        default_group="cs",
+    ),
+    Source(
+        "tuxpaint-stamps-default",
+        "tuxpaint-stamps-default",
+        "speech",
+        "GPL-2",
+        STAMPS_DIR,
+        ("**/*_desc*.ogg", "**/*_desc*.wav"),
+        group_regex=r"_desc(?:_(?P<group>[a-z]{2,3}(?:_[A-Z]{2})?))?\.",
+        default_group="en",
+        val_groups=frozenset({"da"}),
+    ),
+    Source(
+        "klettres-data",
+        "klettres-data",
+        "speech",
+        "GPL-2+",
+        "usr/share/klettres",
+        ("*/*/*.ogg",),
+        group_regex=_LANG_GROUP,
+        val_groups=frozenset({"da", "uk"}),
+    ),
+    Source(
+        "ktuberling-data",
+        "ktuberling-data",
+        "speech",
+        "GPL-2+",
+        "usr/share/ktuberling/sounds",
+        ("*/*.ogg", "*/*.wav", "*/*.opus"),
+        group_regex=_LANG_GROUP,
+        val_groups=frozenset({"da", "uk"}),
+    ),
+    Source(
+        "hedgewars-voices",
+        "hedgewars-data",
+        "speech",
+        "GFDL-1.3",
+        "usr/share/games/hedgewars/Data/Sounds/voices",
+        ("*/*.ogg",),
+        group_regex=_LANG_GROUP,
+        val_groups=frozenset({"Pirate"}),
+    ),
+    Source(
+        "pocketsphinx-testdata",
+        "pocketsphinx-testdata",
+        "speech",
+        "BSD-2",
+        "usr/share/pocketsphinx/test/data",
+        ("**/*.wav", "**/*.raw"),
+        group_regex=_LANG_GROUP,
+        default_group="pocketsphinx",
+        val_groups=frozenset({ALL}),
+        raw_rate=16000,
+    ),
+    Source(
+        "codec2-examples",
+        "codec2-examples",
+        "speech",
+        "LGPL-2.1",
+        "usr/share/codec2/raw",
+        ("speech_orig_16k.wav",),
+        default_group="codec2",
+        val_groups=frozenset({ALL}),
+    ),
     # TTS audio is read from tuxpaint's GPL-2 stamp descriptions; the engines put no licence on it.
-    Source("flite", "flite", "tts", "GPL-2", voices=(
-        ("kal16", "en"), ("awb", "en"), ("rms", "en"), ("slt", "en")), target_minutes=22),
-    Source("espeak-ng", "espeak-ng", "tts", "GPL-2", voices=(
-        ("en-us", "en"), ("de", "de"), ("fr-fr", "fr"), ("es", "es"), ("it", "it"),
-        ("pt-br", "pt_BR"), ("ru", "ru"), ("pl", "pl"), ("nl", "nl"), ("sv", "sv"),
-        ("fi", "fi"), ("hu", "hu")), target_minutes=26),
+    Source(
+        "flite",
+        "flite",
+        "tts",
+        "GPL-2",
+        voices=(("kal16", "en"), ("awb", "en"), ("rms", "en"), ("slt", "en")),
+        target_minutes=22,
+    ),
+    Source(
+        "espeak-ng",
+        "espeak-ng",
+        "tts",
+        "GPL-2",
+        voices=(
+            ("en-us", "en"),
+            ("de", "de"),
+            ("fr-fr", "fr"),
+            ("es", "es"),
+            ("it", "it"),
+            ("pt-br", "pt_BR"),
+            ("ru", "ru"),
+            ("pl", "pl"),
+            ("nl", "nl"),
+            ("sv", "sv"),
+            ("fi", "fi"),
+            ("hu", "hu"),
+        ),
+        target_minutes=26,
+    ),
     _music("warzone2100-music", "usr/share/games/warzone2100/music", "GPL-2+", ("**/*.opus",)),
     # Mandarin syllables in all four tones, two voices under different licenses (per the copyright file).
-    Source("gcin-voice-liu", "gcin-voice", "speech", "GPL-3", "usr/share/gcin-voice/ogg", ("*/3.ogg",),
-           default_group="zh-liu"),
-    Source("gcin-voice-chu", "gcin-voice", "speech", "CC-BY-3.0", "usr/share/gcin-voice/ogg", ("*/5.ogg",),
-           default_group="zh-chu"),
-    Source("hedgewars-music", "hedgewars-data", "music", "GPL-2",
-           "usr/share/games/hedgewars/Data/Music", ("**/*.ogg",), default_group="hedgewars-music"),
-    _music("drascula-music", "usr/share/scummvm/drascula", "LicenseRef-Drascula",
-           val_groups=frozenset({ALL})),
+    Source(
+        "gcin-voice-liu",
+        "gcin-voice",
+        "speech",
+        "GPL-3",
+        "usr/share/gcin-voice/ogg",
+        ("*/3.ogg",),
+        default_group="zh-liu",
+    ),
+    Source(
+        "gcin-voice-chu",
+        "gcin-voice",
+        "speech",
+        "CC-BY-3.0",
+        "usr/share/gcin-voice/ogg",
+        ("*/5.ogg",),
+        default_group="zh-chu",
+    ),
+    Source(
+        "hedgewars-music",
+        "hedgewars-data",
+        "music",
+        "GPL-2",
+        "usr/share/games/hedgewars/Data/Music",
+        ("**/*.ogg",),
+        default_group="hedgewars-music",
+    ),
+    _music("drascula-music", "usr/share/scummvm/drascula", "LicenseRef-Drascula", val_groups=frozenset({ALL})),
     _music("fretsonfire-songs-muldjord", "usr/share/games/fretsonfire/data/songs", "CC-BY-SA-3.0"),
     _music("fretsonfire-songs-sectoid", "usr/share/games/fretsonfire/data/songs", "MIT"),
     # Band-limited (muffled) recordings: only on request.
-    Source("fillets-ng-data-nl", "fillets-ng-data-nl", "speech", "GPL-2",
-           "usr/share/games/fillets-ng/sound", ("*/nl/*.ogg",), default_group="nl", default=False),
+    Source(
+        "fillets-ng-data-nl",
+        "fillets-ng-data-nl",
+        "speech",
+        "GPL-2",
+        "usr/share/games/fillets-ng/sound",
+        ("*/nl/*.ogg",),
+        default_group="nl",
+        default=False,
+    ),
     # A 1.4 GB download: only on request.
-    Source("0ad-data", "0ad-data", "music", "CC-BY-SA-3.0", "audio", ("**/*.ogg",),
-           group_regex=_LANG_GROUP, default_group="0ad", default=False,
-           archive="usr/share/games/0ad/mods/public/public.zip"),
+    Source(
+        "0ad-data",
+        "0ad-data",
+        "music",
+        "CC-BY-SA-3.0",
+        "audio",
+        ("**/*.ogg",),
+        group_regex=_LANG_GROUP,
+        default_group="0ad",
+        default=False,
+        archive="usr/share/games/0ad/mods/public/public.zip",
+    ),
 )
 SOURCES_BY_NAME = {s.name: s for s in SOURCES}
 
@@ -152,8 +265,16 @@ def unique_files(root: Path, patterns: tuple[str, ...]) -> tuple[list[Path], int
 def read_audio(path: Path, raw_rate: int = 0) -> tuple[np.ndarray, int]:
     """Decode a file to float32 samples [T, C] and its sample rate."""
     if raw_rate and path.suffix == ".raw":
-        samples, rate = sf.read(path, samplerate=raw_rate, channels=1, subtype="PCM_16",
-                                format="RAW", endian="LITTLE", dtype="float32", always_2d=True)
+        samples, rate = sf.read(
+            path,
+            samplerate=raw_rate,
+            channels=1,
+            subtype="PCM_16",
+            format="RAW",
+            endian="LITTLE",
+            dtype="float32",
+            always_2d=True,
+        )
     else:
         samples, rate = sf.read(path, dtype="float32", always_2d=True)
     return samples, rate
@@ -166,8 +287,14 @@ def package_items(source: Source, audio_dir: Path, package_dir: Path) -> tuple[l
     items = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        items.append(Item(safe_name(rel), path.relative_to(package_dir).as_posix(),
-                          group_of(source, rel), lambda p=path: read_audio(p, source.raw_rate)))
+        items.append(
+            Item(
+                safe_name(rel),
+                path.relative_to(package_dir).as_posix(),
+                group_of(source, rel),
+                lambda p=path: read_audio(p, source.raw_rate),
+            )
+        )
     if len({item.name for item in items}) != len(items):
         raise ValueError(f"{source.name}: two files map to one output name")
     return items, copies
@@ -209,8 +336,18 @@ def tts_command(engine: str, voice: str, text: str, wav: Path, rng: random.Rando
         stretch = f"duration_stretch={rng.uniform(0.85, 1.2):.2f}"
         return ["flite", "-voice", voice, "--setf", stretch, "-t", text, "-o", str(wav)]
     variant = rng.choice(_ESPEAK_VARIANTS)
-    return ["espeak-ng", "-v", f"{voice}+{variant}", "-p", str(rng.randint(25, 75)),
-            "-s", str(rng.randint(130, 195)), "-w", str(wav), text]
+    return [
+        "espeak-ng",
+        "-v",
+        f"{voice}+{variant}",
+        "-p",
+        str(rng.randint(25, 75)),
+        "-s",
+        str(rng.randint(130, 195)),
+        "-w",
+        str(wav),
+        text,
+    ]
 
 
 def synthesize(command: list[str], wav: Path) -> tuple[np.ndarray, int]:
@@ -234,5 +371,9 @@ def tts_items(source: Source, sentences: dict[str, list[tuple[str, str]]]) -> It
         text = " ".join(sentence for _, sentence in picked)
         original = " + ".join(f"{STAMP_TEXT_PACKAGE}:{path}#{locale}" for path, _ in picked)
         seed = f"{source.name}/{i}/style"
-        yield Item(f"{voice}_{i:05d}", original, f"{source.package}:{voice}",
-                   lambda v=voice, t=text, s=seed: _synthesize_to_temp(source.package, v, t, s))
+        yield Item(
+            f"{voice}_{i:05d}",
+            original,
+            f"{source.package}:{voice}",
+            lambda v=voice, t=text, s=seed: _synthesize_to_temp(source.package, v, t, s),
+        )

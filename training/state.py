@@ -81,7 +81,7 @@ def load_training_state(
     tensors = load_file(str(path))
     for name, module in modules.items():
         prefix = f"module.{name}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_unflatten_optimizer(f"optim.{name}", meta["optimizers"][name], tensors))
     for name, scheduler in schedulers.items():

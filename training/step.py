@@ -24,8 +24,16 @@ import torch
 
 from codec.model import CodecModel, CodecOutput
 from training.discriminators import Discriminator
-from training.losses import (HeadSpectrumLoss, MelLoss, MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
-                             generator_adversarial_loss, pitch_loss, si_sdr_loss)
+from training.losses import (
+    HeadSpectrumLoss,
+    MelLoss,
+    MultiResolutionSTFTLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    pitch_loss,
+    si_sdr_loss,
+)
 from training.pesq_loss import PesqLoss
 from training.stoi_loss import StoiLoss
 
@@ -53,7 +61,9 @@ class Losses:
         if self.lambdas.get("head", 0) or self.lambdas.get("phase", 0):
             losses.update(self.head(output.spectrum, wav))
         if self.lambdas.get("pitch", 0):
-            losses["pitch"] = pitch_loss(output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range)
+            losses["pitch"] = pitch_loss(
+                output.log_f0, output.voicing, wav, self.head.n_fft, self.head.hop, *self.pitch_range
+            )
         if self.lambdas.get("stoi", 0):
             losses["stoi"] = self.stoi(output.audio, wav)
         if self.pesq is not None:
@@ -125,7 +135,11 @@ class Trainer:
 
     def _adversarial_now(self, step: int) -> bool:
         o = self.options
-        return self.discriminator is not None and step >= o.adversarial_start and (step - o.adversarial_start) % o.adversarial_every == 0
+        return (
+            self.discriminator is not None
+            and step >= o.adversarial_start
+            and (step - o.adversarial_start) % o.adversarial_every == 0
+        )
 
     def _crop(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
@@ -146,7 +160,9 @@ class Trainer:
         if self._adversarial_now(step):
             real_wav, fake_wav = self._crop(wav, output.audio.float())
             with autocast(self.device, o.precision):
-                d_loss = discriminator_loss(self.train_discriminator(real_wav), self.train_discriminator(fake_wav.detach()))
+                d_loss = discriminator_loss(
+                    self.train_discriminator(real_wav), self.train_discriminator(fake_wav.detach())
+                )
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.float().backward()
             torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), o.grad_clip * 10)

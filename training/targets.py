@@ -65,8 +65,13 @@ def check(summary: list[dict], target: Target) -> Verdict:
     if not ours:
         return Verdict(target, None, {}, theirs, False)
     best = max(ours, key=lambda r: (wins(r), r.get("pesq_wb") or 0.0))
-    return Verdict(target, f"{best['family']} {best['setting']} ({best['kbps']:.2f} kbps)",
-                   {m: best.get(m) for m in target.metrics}, theirs, wins(best) == len(target.metrics))
+    return Verdict(
+        target,
+        f"{best['family']} {best['setting']} ({best['kbps']:.2f} kbps)",
+        {m: best.get(m) for m in target.metrics},
+        theirs,
+        wins(best) == len(target.metrics),
+    )
 
 
 def report(summary: list[dict]) -> str:

@@ -35,7 +35,6 @@ from training.state import load_training_state, save_training_state
 from training.step import Losses, StepOptions, StepResult, Trainer
 from training.validate import validate
 
-
 PARTS = ("encoder", "quantizer", "decoder")  # of a CodecModel
 
 
@@ -66,8 +65,19 @@ class TrainConfig:
     kind_weights: dict = field(default_factory=lambda: {"speech": 0.65, "tts": 0.1, "music": 0.25})
     # Weights of the named losses; a loss with weight 0 is not computed.
     lambdas: dict = field(
-        default_factory=lambda: {"mel": 1.0, "stft": 1.0, "head": 1.0, "phase": 1.0, "pitch": 1.0,
-                                 "commitment": 1.0, "adv": 1.0, "feat": 2.0, "stoi": 0.0, "pesq": 0.0, "sisdr": 0.0}
+        default_factory=lambda: {
+            "mel": 1.0,
+            "stft": 1.0,
+            "head": 1.0,
+            "phase": 1.0,
+            "pitch": 1.0,
+            "commitment": 1.0,
+            "adv": 1.0,
+            "feat": 2.0,
+            "stoi": 0.0,
+            "pesq": 0.0,
+            "sisdr": 0.0,
+        }
     )
     # Switch the GAN losses on. On 2 CPU cores, at batch 16 x 1 s with `adversarial_items` 8, a
     # step took 1.9 s against 0.8 s without them.
@@ -141,15 +151,24 @@ def learning_rate_factor(config: TrainConfig):
 
 
 def step_options(config: TrainConfig, model_config: CodecConfig) -> StepOptions:
-    return StepOptions(config.precision, config.grad_clip, config.adversarial_start, config.adversarial_items,
-                       config.adversarial_seconds, config.adversarial_every, model_config.sample_rate)
+    return StepOptions(
+        config.precision,
+        config.grad_clip,
+        config.adversarial_start,
+        config.adversarial_items,
+        config.adversarial_seconds,
+        config.adversarial_every,
+        model_config.sample_rate,
+    )
 
 
 def model_config_for(config: TrainConfig) -> CodecConfig:
     """The model the run trains: the default config with the run's changes."""
     model_config = CodecConfig.with_overrides(config.model)
     if config.level_dropout >= 0:
-        model_config = dataclasses.replace(model_config, quantizer=dataclasses.replace(model_config.quantizer, level_dropout=config.level_dropout))
+        model_config = dataclasses.replace(
+            model_config, quantizer=dataclasses.replace(model_config.quantizer, level_dropout=config.level_dropout)
+        )
     return model_config
 
 
@@ -163,13 +182,22 @@ def build_trainer(config: TrainConfig, model_config: CodecConfig, device: torch.
     train_model = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(trainable, config.learning_rate, betas=(0.8, 0.99), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
-    trainer = Trainer(model, train_model, Losses(config.lambdas, model, device), optimizer, scheduler,
-                      step_options(config, model_config), trainable=trainable)
+    trainer = Trainer(
+        model,
+        train_model,
+        Losses(config.lambdas, model, device),
+        optimizer,
+        scheduler,
+        step_options(config, model_config),
+        trainable=trainable,
+    )
     if config.adversarial:
         discriminator = Discriminator(DiscriminatorConfig()).to(device)
         trainer.discriminator = discriminator
         trainer.train_discriminator = DistributedDataParallel(discriminator) if world > 1 else discriminator
-        trainer.d_optimizer = torch.optim.AdamW(discriminator.parameters(), config.discriminator_lr or config.learning_rate, betas=(0.8, 0.99))
+        trainer.d_optimizer = torch.optim.AdamW(
+            discriminator.parameters(), config.discriminator_lr or config.learning_rate, betas=(0.8, 0.99)
+        )
         trainer.d_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.d_optimizer, learning_rate_factor(config))
     return trainer
 
@@ -187,11 +215,20 @@ class Run:
         self.trainer = build_trainer(config, self.model_config, device, world)
         self.model, self.frozen = self.trainer.model, frozen_parts(config.freeze)
         rate = self.model_config.sample_rate
-        self.sampler = CropSampler(read_manifest(config.manifest, "train"), rate, int(config.segment_seconds * rate),
-                                   config.kind_weights, config.seed * 1000 + rank, augment=Augment(config.augment, rate),
-                                   progress=rank == 0)
-        self.val_clips = (load_validation(read_manifest(config.manifest, "val", ("speech",)), rate, config.val_seconds)
-                          if rank == 0 else [])
+        self.sampler = CropSampler(
+            read_manifest(config.manifest, "train"),
+            rate,
+            int(config.segment_seconds * rate),
+            config.kind_weights,
+            config.seed * 1000 + rank,
+            augment=Augment(config.augment, rate),
+            progress=rank == 0,
+        )
+        self.val_clips = (
+            load_validation(read_manifest(config.manifest, "val", ("speech",)), rate, config.val_seconds)
+            if rank == 0
+            else []
+        )
         self.state_path = self.dir / ("state.safetensors" if rank == 0 else f"state.rank{rank}.safetensors")
         self.step, self.best, self.elapsed = 0, -math.inf, 0.0  # best: the highest validation score so far
         self.skipped = 0  # steps whose update was skipped, in this invocation
@@ -206,7 +243,9 @@ class Run:
             self.step, self.best, self.elapsed = info["step"], info["best"], info["elapsed"]
             rank_info = load_training_state(self.state_path, {}, {}, {}, {"data": self.sampler.generator})
             if rank_info["step"] != self.step:
-                raise SystemExit(f"{self.state_path} is from step {rank_info['step']}, the run state from step {self.step}")
+                raise SystemExit(
+                    f"{self.state_path} is from step {rank_info['step']}, the run state from step {self.step}"
+                )
             self._say(f"resumed from {self.state_path} at step {self.step}")
         else:
             if config.init_from:
@@ -219,7 +258,9 @@ class Run:
                 record = {"train": dataclasses.asdict(config), "model": self.model_config.to_dict()}
                 (self.dir / "config.json").write_text(json.dumps(record, indent=2))
             minutes = {k: round(v / self.model_config.sample_rate / 60, 1) for k, v in self.sampler.seconds.items()}
-            self._say(f"training {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {minutes} minutes")
+            self._say(
+                f"training {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {minutes} minutes"
+            )
         self.started = time.time()
 
     def out_of_time(self) -> bool:
@@ -232,8 +273,12 @@ class Run:
 
     def log(self, result: StepResult) -> dict[str, str]:
         """Append the step's losses to metrics.jsonl; returns what the progress bar shows."""
-        record = {"step": self.step, "loss": result.total.item(), "grad_norm": result.grad_norm.item(),
-                  "lr": self.trainer.scheduler.get_last_lr()[0]}
+        record = {
+            "step": self.step,
+            "loss": result.total.item(),
+            "grad_norm": result.grad_norm.item(),
+            "lr": self.trainer.scheduler.get_last_lr()[0],
+        }
         record.update({f"{k}/loss": v.item() for k, v in result.losses.items()})
         record["skipped_steps"] = self.skipped
         record["time"] = round(self.hours_trained() * 3600, 1)

@@ -92,8 +92,10 @@ def evaluate(model: TokenPriorModel, stream: torch.Tensor, frames: int, seq_fram
         per_level += loss.sum(dim=(0, 2))
     per_level = per_level / max(len(windows) * seq_frames, 1)
     model.train()
-    return {"bits_per_token": round(bits(float(per_level.mean())), 4),
-            "bits_per_level": [round(bits(float(x)), 3) for x in per_level]}
+    return {
+        "bits_per_token": round(bits(float(per_level.mean())), 4),
+        "bits_per_level": [round(bits(float(x)), 3) for x in per_level],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     index = json.loads((Path(config.train_tokens) / "index.json").read_text())
     codec_id = config.codec_model_id or index["model_id"][0]
     prior_config = PriorConfig(
-        num_levels=train_stream.shape[0], dim=config.dim, layers=config.layers, heads=config.heads,
-        depth_hidden=config.depth_hidden, context=config.context, codec_model_id=codec_id,
+        num_levels=train_stream.shape[0],
+        dim=config.dim,
+        layers=config.layers,
+        heads=config.heads,
+        depth_hidden=config.depth_hidden,
+        context=config.context,
+        codec_model_id=codec_id,
     )
     model = TokenPriorModel(prior_config)
     if config.init_from:
@@ -117,10 +124,17 @@ def main(argv: list[str] | None = None) -> None:
         if dataclasses.replace(warm.config, codec_model_id=codec_id) != prior_config:
             raise SystemExit(f"{config.init_from} has another shape: {warm.config} (this run: {prior_config})")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()})
-    optimizer = torch.optim.AdamW(model.parameters(), config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config))
     generator = torch.Generator().manual_seed(config.seed)
-    modules, optimizers, schedulers, generators = {"prior": model}, {"prior": optimizer}, {"prior": scheduler}, {"data": generator}
+    modules, optimizers, schedulers, generators = (
+        {"prior": model},
+        {"prior": optimizer},
+        {"prior": scheduler},
+        {"data": generator},
+    )
 
     state_path = run_dir / "state.safetensors"
     step, best, elapsed = 0, math.inf, 0.0
@@ -130,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
     else:
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"prior: {params:.2f}M parameters; {train_stream.shape[-1]} train and {val_stream.shape[-1]} val frames", file=sys.stderr)
+        print(
+            f"prior: {params:.2f}M parameters; {train_stream.shape[-1]} train and {val_stream.shape[-1]} val frames",
+            file=sys.stderr,
+        )
 
     started = time.time()
 
@@ -168,8 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
-            record = {"step": step, "bits_per_token": bits(loss.item()), "levels": codes.shape[1],
-                      "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]}
+            record = {
+                "step": step,
+                "bits_per_token": bits(loss.item()),
+                "levels": codes.shape[1],
+                "grad_norm": grad_norm.item(),
+                "lr": scheduler.get_last_lr()[0],
+            }
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             bar.set_postfix(bits=f"{record['bits_per_token']:.3f}")

@@ -65,8 +65,11 @@ def validate(model: CodecModel, clips: list[torch.Tensor], perceptual: bool = Tr
             result["standard_error"]["pesq_wb"][key] = _standard_error(pesq_values)
             result["standard_error"]["stoi"][key] = _standard_error(stoi_values)
     if perceptual and None not in result["pesq_wb"].values() and None not in result["stoi"].values():
-        result["quality"] = round(float(np.mean(list(result["pesq_wb"].values())))
-                                  + STOI_WEIGHT * float(np.mean(list(result["stoi"].values()))), 4)
+        result["quality"] = round(
+            float(np.mean(list(result["pesq_wb"].values())))
+            + STOI_WEIGHT * float(np.mean(list(result["stoi"].values()))),
+            4,
+        )
     usage = codebook_usage(torch.cat(all_codes, dim=-1), config.quantizer.codebook_size) if all_codes else []
     result["used_fraction"] = [round(u.used_fraction, 3) for u in usage]
     result["perplexity"] = [round(u.perplexity, 1) for u in usage]

@@ -22,20 +22,24 @@ REQUEST_BODY = {
     "required": True,
     "content": {
         "application/json": {"schema": TokensIn.model_json_schema()},
-        STREAM_TYPE: {"schema": {"type": "string", "format": "binary"},
-                      "description": "the file /encode returns with Accept: application/octet-stream "
-                                     "(packed, or entropy-coded with entropy=true)"},
+        STREAM_TYPE: {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "the file /encode returns with Accept: application/octet-stream "
+            "(packed, or entropy-coded with entropy=true)",
+        },
     },
 }
-ERRORS = error_responses({
-    400: "damaged binary stream (truncated, bad CRC, written by another model)",
-    401: "missing or wrong API key",
-    413: "body or number of frames over the limits",
-    415: "not application/json or application/octet-stream",
-    422: "malformed JSON, or codes of the wrong shape or range, or for another model",
-    503: "queue full (see Retry-After), model not loaded, or an entropy-coded stream and no prior loaded",
-    504: "no answer within the request timeout",
-})
+ERRORS = error_responses(
+    {
+        400: "damaged binary stream (truncated, bad CRC, written by another model)",
+        401: "missing or wrong API key",
+        413: "body or number of frames over the limits",
+        415: "not application/json or application/octet-stream",
+        422: "malformed JSON, or codes of the wrong shape or range, or for another model",
+        503: "queue full (see Retry-After), model not loaded, or an entropy-coded stream and no prior loaded",
+        504: "no answer within the request timeout",
+    }
+)
 
 
 @router.post(
@@ -43,9 +47,13 @@ ERRORS = error_responses({
     summary="Decode codes into audio",
     response_class=Response,
     openapi_extra={"requestBody": REQUEST_BODY},
-    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}},
-                     "description": "16-bit mono audio at the model's rate (FLAC with format=flac or Accept: audio/flac)"},
-               **ERRORS},
+    responses={
+        200: {
+            "content": {"audio/wav": {}, "audio/flac": {}},
+            "description": "16-bit mono audio at the model's rate (FLAC with format=flac or Accept: audio/flac)",
+        },
+        **ERRORS,
+    },
 )
 async def decode(
     request: Request,

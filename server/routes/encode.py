@@ -10,7 +10,13 @@ from codec.api import EncodedAudio
 from server.deps import Authorized, EngineDep
 from server.errors import ApiError, error_responses, unprocessable
 from server.media import (
-    AUDIO_TYPES, STREAM_TYPE, accepts, content_type, tokens_response, unless_disconnected, unsupported,
+    AUDIO_TYPES,
+    STREAM_TYPE,
+    accepts,
+    content_type,
+    tokens_response,
+    unless_disconnected,
+    unsupported,
 )
 from server.schemas import Tokens
 
@@ -21,20 +27,27 @@ REQUEST_BODY = {
     "required": True,
     "description": "Audio in any sample rate and channel count: a multipart upload (field `file`) or the raw bytes.",
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
         **{media: _binary for media in ("audio/wav", "audio/flac", "audio/ogg")},
     },
 }
-ERRORS = error_responses({
-    400: "unreadable, empty or non-finite audio, or an absurd sample rate or channel count",
-    401: "missing or wrong API key",
-    413: "body or audio duration over the limits",
-    415: "not multipart or an audio content type",
-    422: "invalid parameter (bitrate, or entropy=true without Accept: application/octet-stream)",
-    503: "queue full (see Retry-After), model not loaded, or entropy=true and no prior loaded",
-    504: "no answer within the request timeout",
-})
+ERRORS = error_responses(
+    {
+        400: "unreadable, empty or non-finite audio, or an absurd sample rate or channel count",
+        401: "missing or wrong API key",
+        413: "body or audio duration over the limits",
+        415: "not multipart or an audio content type",
+        422: "invalid parameter (bitrate, or entropy=true without Accept: application/octet-stream)",
+        503: "queue full (see Retry-After), model not loaded, or entropy=true and no prior loaded",
+        504: "no answer within the request timeout",
+    }
+)
 
 
 @router.post(
@@ -42,20 +55,35 @@ ERRORS = error_responses({
     summary="Encode audio into codes",
     response_model=Tokens,
     openapi_extra={"requestBody": REQUEST_BODY},
-    responses={200: {"content": {STREAM_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-                     "description": "Tokens as JSON, or the codec's binary file with `Accept: application/octet-stream`"},
-               **ERRORS},
+    responses={
+        200: {
+            "content": {STREAM_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "description": "Tokens as JSON, or the codec's binary file with `Accept: application/octet-stream`",
+        },
+        **ERRORS,
+    },
 )
 async def encode(
     request: Request,
     engine: EngineDep,
-    bitrate: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="kbps; default: the highest",
-                                           examples=[3.0])] = None,
-    entropy: Annotated[bool, Query(description="entropy-code the binary file with the token prior (about a "
-                                               "quarter smaller; needs Accept: application/octet-stream)")] = False,
-    pitch: Annotated[bool, Query(description="also send the input's f0 in the binary file (about 0.2 kbps; the "
-                                             "decoder's pulses stay in phase with the input; needs Accept: "
-                                             "application/octet-stream)")] = False,
+    bitrate: Annotated[
+        float | None, Query(gt=0, allow_inf_nan=False, description="kbps; default: the highest", examples=[3.0])
+    ] = None,
+    entropy: Annotated[
+        bool,
+        Query(
+            description="entropy-code the binary file with the token prior (about a "
+            "quarter smaller; needs Accept: application/octet-stream)"
+        ),
+    ] = False,
+    pitch: Annotated[
+        bool,
+        Query(
+            description="also send the input's f0 in the binary file (about 0.2 kbps; the "
+            "decoder's pulses stay in phase with the input; needs Accept: "
+            "application/octet-stream)"
+        ),
+    ] = False,
 ):
     if entropy and not accepts(request, STREAM_TYPE):
         raise unprocessable("entropy=true gives the binary file: send Accept: application/octet-stream")

@@ -38,8 +38,10 @@ async def readyz(request: Request):
     summary="Prometheus metrics",
     dependencies=[Authorized],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
-               **error_responses({401: "missing or wrong API key"})},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        **error_responses({401: "missing or wrong API key"}),
+    },
 )
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -34,7 +34,9 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
         dtype=str(next(codec.model.parameters()).dtype).removeprefix("torch."),
         max_batch_size=settings.max_batch_size,
         max_audio_seconds=settings.max_audio_seconds,
-        prior=PriorInfo(loaded=False, reason=engine.prior_reason) if prior is None else PriorInfo(
+        prior=PriorInfo(loaded=False, reason=engine.prior_reason)
+        if prior is None
+        else PriorInfo(
             loaded=True,
             num_levels=prior.num_levels,
             codebook_size=prior.codebook_size,

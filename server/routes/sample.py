@@ -17,23 +17,29 @@ router = APIRouter(tags=["prior"], dependencies=[Authorized])
 
 MIN_TEMPERATURE = 0.01
 
-ERRORS = error_responses({
-    400: "a body that cannot be parsed (not UTF-8)",
-    401: "missing or wrong API key",
-    413: "body over the size limit",
-    422: "invalid JSON, parameters or prompt",
-    503: "no prior loaded, or queue full (see Retry-After)",
-    504: "no answer within the request timeout",
-})
+ERRORS = error_responses(
+    {
+        400: "a body that cannot be parsed (not UTF-8)",
+        401: "missing or wrong API key",
+        413: "body over the size limit",
+        422: "invalid JSON, parameters or prompt",
+        503: "no prior loaded, or queue full (see Retry-After)",
+        504: "no answer within the request timeout",
+    }
+)
 
 
 @router.post(
     "/sample",
     summary="Sample codes from the prior",
     response_model=Tokens,
-    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}},
-                     "description": "Tokens as JSON, or their audio with Accept: audio/wav (or audio/flac)"},
-               **ERRORS},
+    responses={
+        200: {
+            "content": {"audio/wav": {}, "audio/flac": {}},
+            "description": "Tokens as JSON, or their audio with Accept: audio/wav (or audio/flac)",
+        },
+        **ERRORS,
+    },
 )
 async def sample(
     request: Request,
