@@ -52,8 +52,8 @@ def test_harmonic_phase_gives_each_bin_its_nearest_harmonic():
 
 def test_harmonic_head_renders_a_pitch_off_the_frame_rate_grid():
     # Identical frames lit around 175 Hz with the pitch head held at 175 Hz and voiced: the
-    # running phase moves the partial to 175 Hz, where a direct head could only give 100 or 200.
-    head = ISTFTHead(channels=1, n_fft=N_FFT, hop=HOP, phase="harmonic", pitch_range=(LOW, HIGH))
+    # running phase moves the partial to 175 Hz, where a per-frame phase could only give 100 or 200.
+    head = ISTFTHead(channels=1, n_fft=N_FFT, hop=HOP, pitch_range=(LOW, HIGH))
     with torch.no_grad():
         for module in (head.proj, head.pitch.net[0], head.pitch.net[2], head.pitch.net[4]):
             module.weight.zero_()

@@ -105,7 +105,7 @@ def test_two_process_ddp_ranks_agree(tiny_corpus, tmp_path):
         "--run_dir",
         str(tmp_path),
         "--model",
-        "tiny",
+        json.dumps(TINY_MODEL),
         "--steps",
         "12",
         "--batch_size",
