@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from codec import bitstream, pitchcode
-from codec.audio import AudioSource, TensorSource, check_finite, open_audio
+
+# FileSource, open_audio and write_audio are the audio I/O of this API: the server reads requests
+# and writes responses with them.
+from codec.audio import AudioSource, FileSource, TensorSource, check_finite, open_audio, write_audio  # noqa: F401
 from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
 from codec.config import CodecConfig
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError

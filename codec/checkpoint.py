@@ -19,13 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from codec.errors import CodecError
+from codec.errors import CheckpointError
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(CodecError):
-    """A checkpoint file that cannot be used: missing, corrupt, foreign or mismatched."""
 
 
 @dataclass(frozen=True)

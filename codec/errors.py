@@ -15,6 +15,10 @@ class InvalidAudioError(CodecError):
     """The input audio cannot be encoded (unreadable, empty, wrong shape, non-finite samples)."""
 
 
+class CheckpointError(CodecError):
+    """A checkpoint file that cannot be used: missing, corrupt, foreign or mismatched."""
+
+
 class CorruptStreamError(CodecError):
     """The encoded stream is damaged: truncated, bad magic, bad CRC or an inconsistent header."""
 

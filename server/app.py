@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from codec import Codec
 from codec.api import BUNDLED_CHECKPOINT
-from codec.checkpoint import CheckpointError
+from codec.errors import CheckpointError
 from codec.prior_api import TokenPrior
 from server.engine import CodecEngine
 from server.errors import install_error_handlers

@@ -31,7 +31,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from codec import Codec, EncodedAudio, PitchTrack
-from codec.audio import FileSource, open_audio
+from codec.api import FileSource, open_audio
 from codec.errors import CorruptStreamError, InvalidAudioError
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
 from server.errors import ApiError, too_large, unprocessable

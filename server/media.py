@@ -12,7 +12,7 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from codec import Codec
-from codec.audio import write_audio
+from codec.api import write_audio
 from server.errors import ApiError
 from server.schemas import Tokens
 
