@@ -460,4 +460,4 @@ def test_baseline_settings_can_be_chosen(monkeypatch):
     default = baselines.build_systems(None, [])
     assert [s.setting for s in default if s.family == "opus"] == [f"{k:g} kbps" for k in baselines.OPUS_KBPS]
     args = evaluate.parse_args(["--folder", ".", "--opus-kbps", "6,8", "--codec2-modes", "1600"])
-    assert args.opus_kbps == (6.0, 8.0) and args.codec2_modes == (1600,)
+    assert list(args.opus_kbps) == [6.0, 8.0] and list(args.codec2_modes) == [1600]

@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -378,6 +379,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     return summary
 
 
+def _list_of(kind: type) -> Callable[[str], list]:
+    """An argparse type: comma-separated values of `kind`."""
+    return lambda text: [kind(x) for x in text.split(",")]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -388,32 +394,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="codec checkpoint; default: the bundled model")
     parser.add_argument(
         "--bitrates",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=_list_of(float),
         default=[1.0, 1.5, 3.0, 6.0],
         help="our codec's bitrates in kbps, comma-separated",
     )
     parser.add_argument(
         "--entropy-bitrates",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=_list_of(float),
         default=[],
         help="also our codec at these kbps with its tokens entropy-coded by the prior "
         "(charged the bytes of `codec encode --entropy`'s file)",
     )
     parser.add_argument(
         "--opus-kbps",
-        type=lambda s: tuple(float(x) for x in s.split(",")),
+        type=_list_of(float),
         default=OPUS_KBPS,
         help="Opus bitrates (kbps), comma-separated",
     )
     parser.add_argument(
         "--codec2-modes",
-        type=lambda s: tuple(int(x) for x in s.split(",")),
+        type=_list_of(int),
         default=CODEC2_MODES,
         help="Codec2 modes (bit/s), comma-separated",
     )
     parser.add_argument(
         "--pitch-bitrates",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=_list_of(float),
         default=[],
         help="also our codec at these kbps entropy-coded with the pitch side stream "
         "(charged the bytes of `codec encode --entropy --pitch`'s file)",
