@@ -46,8 +46,8 @@ class TrainConfig:
     # e.g. {"decoder": {"channels": 192}}; {} trains the shipped architecture.
     model: dict = field(default_factory=dict)
     # Share of items trained with a random number of levels, uniform over 1..K, instead of all K
-    # (codec.config.QuantizerConfig.level_dropout; negative: the model's). 1.0 trains every
-    # bitrate equally; the default 0.5 gives all levels 54% of items and 1.5 kbps 4%.
+    # (codec.config.QuantizerConfig.level_dropout; negative: the model's, 1.0 by default, which
+    # trains every bitrate equally; 0.5 gives all levels 54% of items and 1.5 kbps 4%).
     level_dropout: float = -1.0
     init_from: str = ""  # start a new run from these inference weights (e.g. the bundled model)
     init_discriminator: str = ""  # and its discriminator from this state dict (training.burst writes one)
