@@ -17,18 +17,17 @@ import argparse
 import asyncio
 import io
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from bench.server_process import running_server
 
 STREAM = "application/octet-stream"
 
@@ -165,53 +164,6 @@ def overhead_latencies(
     return {op: (statistics.median(a), statistics.median(b)) for op, (a, b) in times.items()}
 
 
-@contextmanager
-def local_server(env: dict[str, str]):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "server.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(60)
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with status {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"server not ready after {timeout:g} s")
-
-
 def random_checkpoint() -> str:
     """The default architecture with random weights: the speed of the real model, no training."""
     import torch
@@ -266,9 +218,12 @@ def main(argv: list[str] | None = None) -> None:
         env["CODEC_CHECKPOINT"] = checkpoint
     batches = {"batching on": args.max_batch_size, "batching off": 1}
     tables: dict[str, list[RunResult]] = {name: [] for name in batches}
+    logs = Path(tempfile.mkdtemp(prefix="loadtest-"))
     with ExitStack() as stack:  # both servers up at once; runs alternate, so drift hits both alike
         urls = {
-            name: stack.enter_context(local_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}))
+            name: stack.enter_context(
+                running_server({**env, "CODEC_MAX_BATCH_SIZE": str(size)}, logs / f"server-{size}.log")
+            ).url
             for name, size in batches.items()
         }
         # The overhead of the server as it is deployed (batching on), next to the in-process run.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shlex
 import struct
 
 import numpy as np
@@ -111,6 +112,16 @@ def load_16k(path):
     return audio[None], 16000
 
 
+def run_evaluation(checkpoint, out, options: str) -> None:
+    """`training.evaluate` on our codec alone with the given options (split as a shell would)."""
+    evaluate.main([*shlex.split(options), "--checkpoint", str(checkpoint), "--no-baselines", "--out", str(out)])
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys):
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
@@ -120,23 +131,9 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     sf.write(clips / "b.flac", harmonic_signal(1.0, 22050, 6), 22050)  # resampled to 16 kHz
     out = tmp_path / "eval"
     # The tiny codec has 4 levels of 6 bits: 1.5 and 3 kbps both mean all 4 levels, so 3 is skipped.
-    evaluate.main(
-        [
-            "--folder",
-            str(clips),
-            "--checkpoint",
-            str(checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "0.6,1.5,3",
-            "--no-perceptual",
-            "--out",
-            str(out),
-        ]
-    )
+    run_evaluation(checkpoint, out, f"--folder {clips} --bitrates 0.6,1.5,3 --no-perceptual")
 
-    with (out / "per_file.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv(out / "per_file.csv")
     assert sorted((r["file"], r["setting"]) for r in rows) == [
         ("a.wav", "0.6 kbps"),
         ("a.wav", "1.5 kbps"),
@@ -146,8 +143,7 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     for row in rows:
         assert float(row["kbps"]) > float(row["payload_kbps"])  # the header is charged too
         assert np.isfinite(float(row["si_sdr"])) and float(row["mel_distance"]) > 0
-    with (out / "summary.csv").open() as handle:
-        summary = list(csv.DictReader(handle))
+    summary = read_csv(out / "summary.csv")
     assert [(s["family"], s["setting"], s["files"]) for s in summary] == [
         ("ours", "0.6 kbps", "2"),
         ("ours", "1.5 kbps", "2"),
@@ -156,8 +152,7 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     for name in ("rate_distortion.png", "spectrograms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Codebook usage over both files with all 4 levels: the same counts as encoding them directly.
-    with (out / "usage.csv").open() as handle:
-        usage = list(csv.DictReader(handle))
+    usage = read_csv(out / "usage.csv")
     assert [int(u["level"]) for u in usage] == [0, 1, 2, 3]
     codes = torch.cat([tiny_codec.encode(*load_16k(clips / name)).codes for name in ("a.wav", "b.flac")], dim=-1)
     for u, row in zip(usage, codes[0]):
@@ -170,30 +165,14 @@ def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_p
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
     out = tmp_path / "eval"
-    evaluate.main(
-        [
-            "--manifest",
-            str(tiny_corpus),
-            "--split",
-            "train",
-            "--kind",
-            "music",
-            "--checkpoint",
-            str(checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "0.6",
-            "--usage-whole-split",
-            "--examples",
-            "0",
-            "--no-perceptual",
-            "--out",
-            str(out),
-        ]
+    run_evaluation(
+        checkpoint,
+        out,
+        f"--manifest {tiny_corpus} --split train --kind music --bitrates 0.6 --usage-whole-split "
+        "--examples 0 --no-perceptual",
     )
     assert (out / "summary.csv").exists() and not (out / "spectrograms.png").exists()
-    with (out / "usage.csv").open() as handle:
-        usage = list(csv.DictReader(handle))
+    usage = read_csv(out / "usage.csv")
     sets = list(dict.fromkeys(u["files"] for u in usage))
     assert len(sets) == 2 and sets[0].startswith("scored files") and sets[1].startswith("whole train split")
     # The whole split: all 8 training clips, speech and music, not just the 2 scored music clips.
@@ -216,28 +195,13 @@ def test_entropy_coded_settings_are_charged_their_real_files(
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
     out = tmp_path / "eval"
-    evaluate.main(
-        [
-            "--folder",
-            str(clips),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "1.5",
-            "--entropy-bitrates",
-            "1.5",
-            "--prior",
-            str(tiny_prior_checkpoint),
-            "--examples",
-            "0",
-            "--no-perceptual",
-            "--out",
-            str(out),
-        ]
+    run_evaluation(
+        tiny_checkpoint,
+        out,
+        f"--folder {clips} --bitrates 1.5 --entropy-bitrates 1.5 --prior {tiny_prior_checkpoint} "
+        "--examples 0 --no-perceptual",
     )
-    with (out / "per_file.csv").open() as handle:
-        rows = {r["setting"]: r for r in csv.DictReader(handle)}
+    rows = {r["setting"]: r for r in read_csv(out / "per_file.csv")}
     packed, coded = rows["1.5 kbps"], rows["1.5 kbps + prior"]
     assert coded["family"] == "ours, entropy-coded"
     # The same codes, so the same audio and scores; only the bytes differ.
@@ -258,22 +222,10 @@ def test_entropy_coded_settings_need_the_codecs_own_prior(tiny_codec, tiny_prior
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(1.0, 16000, 7), 16000, subtype="PCM_16")
     with pytest.raises(SystemExit, match="models the tokens of"):
-        evaluate.main(
-            [
-                "--folder",
-                str(clips),
-                "--checkpoint",
-                str(other),
-                "--no-baselines",
-                "--bitrates",
-                "1.5",
-                "--entropy-bitrates",
-                "1.5",
-                "--prior",
-                str(tiny_prior_checkpoint),
-                "--out",
-                str(tmp_path / "e"),
-            ]
+        run_evaluation(
+            other,
+            tmp_path / "e",
+            f"--folder {clips} --bitrates 1.5 --entropy-bitrates 1.5 --prior {tiny_prior_checkpoint}",
         )
 
 
@@ -310,30 +262,13 @@ def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
     out = tmp_path / "eval"
-    evaluate.main(
-        [
-            "--folder",
-            str(clips),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "1.5",
-            "--entropy-bitrates",
-            "1.5",
-            "--pitch-bitrates",
-            "1.5",
-            "--prior",
-            str(tiny_prior_checkpoint),
-            "--examples",
-            "0",
-            "--no-perceptual",
-            "--out",
-            str(out),
-        ]
+    run_evaluation(
+        tiny_checkpoint,
+        out,
+        f"--folder {clips} --bitrates 1.5 --entropy-bitrates 1.5 --pitch-bitrates 1.5 --prior "
+        f"{tiny_prior_checkpoint} --examples 0 --no-perceptual",
     )
-    with (out / "per_file.csv").open() as handle:
-        rows = {r["setting"]: r for r in csv.DictReader(handle)}
+    rows = {r["setting"]: r for r in read_csv(out / "per_file.csv")}
     coded, pitched = rows["1.5 kbps + prior"], rows["1.5 kbps + prior + pitch"]
     codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
     audio, rate = load_16k(clips / "a.wav")
@@ -358,32 +293,14 @@ def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_fi
     sf.write(clips / "en" / "start.wav", speech[:28000], 16000, subtype="PCM_16")  # fewer words
     sf.write(clips / "tone.wav", harmonic_signal(1.0, 16000, 3), 16000, subtype="PCM_16")  # not English
     out = tmp_path / "eval"
-    evaluate.main(
-        [
-            "--folder",
-            str(clips),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "1.5",
-            "--english",
-            "en/*",
-            "--examples",
-            "0",
-            "--out",
-            str(out),
-        ]
-    )
+    run_evaluation(tiny_checkpoint, out, f"--folder {clips} --bitrates 1.5 --english 'en/*' --examples 0")
 
-    with (out / "per_file.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv(out / "per_file.csv")
     assert len(rows) == 3
     for row in rows:
         assert 1 <= float(row["dnsmos_ovrl"]) <= 5 and 0 < float(row["spk_sim"]) <= 1
         assert (row["dwer"] != "") == row["file"].startswith("en/")
-    with (out / "summary.csv").open() as handle:
-        summary = list(csv.DictReader(handle))
+    summary = read_csv(out / "summary.csv")
     reference = summary[0]
     assert (reference["family"], reference["setting"], reference["files"]) == ("reference", "original", "3")
     assert reference["pesq_wb"] == reference["kbps"] == reference["dwer"] == ""
@@ -411,38 +328,14 @@ def test_a_second_held_out_set_is_scored_in_the_same_run_and_reported_on_its_own
     tiny_codec.save(checkpoint)
     out = tmp_path / "eval"
     # --kind applies to both sets: the second set is the val split's speech.
-    evaluate.main(
-        [
-            "--manifest",
-            str(tiny_corpus),
-            "--split",
-            "train",
-            "--kind",
-            "music",
-            "--kind",
-            "speech",
-            "--checkpoint",
-            str(checkpoint),
-            "--no-baselines",
-            "--bitrates",
-            "0.6",
-            "--examples",
-            "0",
-            "--no-perceptual",
-            "--also",
-            "clean",
-            str(tiny_corpus),
-            "val",
-            "--also-max-minutes",
-            "0.02",
-            "--out",
-            str(out),
-        ]
+    run_evaluation(
+        checkpoint,
+        out,
+        f"--manifest {tiny_corpus} --split train --kind music --kind speech --bitrates 0.6 --examples 0 "
+        f"--no-perceptual --also clean {tiny_corpus} val --also-max-minutes 0.02",
     )
-    with (out / "per_file.csv").open() as handle:
-        main_files = {r["file"] for r in csv.DictReader(handle)}
-    with (out / "clean" / "per_file.csv").open() as handle:
-        clean_files = {r["file"] for r in csv.DictReader(handle)}
+    main_files = {r["file"] for r in read_csv(out / "per_file.csv")}
+    clean_files = {r["file"] for r in read_csv(out / "clean" / "per_file.csv")}
     assert main_files == {f"train/{'music' if i % 4 == 3 else 'speech'}/clip{i}.flac" for i in range(8)}
     # Its own minutes: whole files until 1.2 s are reached, so one of the two val clips.
     assert len(clean_files) == 1 and clean_files < {"val/speech/clip8.flac", "val/speech/clip9.flac"}

@@ -22,8 +22,8 @@ import soundfile as sf
 import torch
 from conftest import harmonic_signal
 from fastapi.testclient import TestClient
-from serving import running_server
 
+from bench.server_process import running_server
 from codec import Codec, bitstream
 from server.app import _fail_readiness_on_sigterm, create_app
 from server.settings import Settings

@@ -15,8 +15,8 @@ import soundfile as sf
 from conftest import harmonic_signal
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
-from serving import running_server
 
+from bench.server_process import running_server
 from server.app import create_app
 from server.settings import Settings
 

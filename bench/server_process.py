@@ -1,5 +1,5 @@
-"""Run the server as a real process (uvicorn, loopback, a free port), for tests that need signals
-or a real socket."""
+"""Run the server as a real process (uvicorn, loopback, a free port): for the load generator and
+for tests that need signals or a real socket."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict[str, str], log: Path, timeout: float = 120.0) -> ServerProcess:
-    """Start `uvicorn --factory server.app:create_app` (the Makefile's and Docker's command)."""
+def start_server(env: dict[str, str], log: Path, timeout: float = 300.0) -> ServerProcess:
+    """Start `uvicorn --factory server.app:create_app` (the Makefile's and Docker's command), one
+    torch thread unless `env` says otherwise, and wait until /readyz answers."""
     port = free_port()
     with open(log, "w") as out:  # a file, not a pipe: a pipe nobody reads would block the server
         process = subprocess.Popen(
