@@ -27,6 +27,24 @@ def harmonic_signal(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     return (x / np.abs(x).max() * 0.8).astype(np.float32)
 
 
+SPEECH = Path(__file__).parent / "data" / "arctic_a0009.wav"  # 3.3 s of a real voice
+
+
+def assert_gradient_step_lowers(loss_fn, noise: float, step: float) -> None:
+    """A differentiable loss on 2 s of noisy speech passes finite gradients, and a small step
+    against them lowers it."""
+    wav, rate = sf.read(SPEECH, dtype="float32")
+    x = torch.from_numpy(wav[: 2 * rate])[None, None]
+    torch.manual_seed(0)
+    y = (x + noise * torch.randn_like(x)).requires_grad_()
+    loss = loss_fn(y, x)
+    loss.backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    with torch.no_grad():
+        stepped = y - step * y.grad / y.grad.abs().max()
+    assert float(loss_fn(stepped, x)) < float(loss.detach())
+
+
 def make_tiny_codec() -> Codec:
     """A seeded tiny codec whose codebooks one training pass initialised from harmonic signals."""
     torch.manual_seed(0)

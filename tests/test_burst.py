@@ -8,44 +8,27 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import TINY_MODEL
+from tiny import tiny_run
 
 from codec import Codec
 from training import burst
-from training.train import TrainConfig, train
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("opusenc") is None, reason="needs opusenc (apt-get install opus-tools)")
 def test_pack_run_merge_sends_only_changed_weights_and_brings_training_back(tiny_corpus, tmp_path, monkeypatch):
-    base_run = tmp_path / "base"
-    train(
-        TrainConfig(
-            manifest=str(tiny_corpus),
-            run_dir=str(base_run),
-            model=TINY_MODEL,
-            batch_size=2,
-            steps=2,
-            val_every=10**6,
-            threads=2,
-        )
-    )
+    base_run, run = tmp_path / "base", tmp_path / "run"
+    tiny_run(tiny_corpus, base_run, batch_size=2, steps=2)
     base = base_run / "last.safetensors"
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            manifest=str(tiny_corpus),
-            run_dir=str(run),
-            model=TINY_MODEL,
-            batch_size=2,
-            steps=2,
-            val_every=10**6,
-            threads=2,
-            init_from=str(base),
-            freeze="encoder,quantizer",
-            adversarial=True,
-            adversarial_items=2,
-        )
+    tiny_run(
+        tiny_corpus,
+        run,
+        batch_size=2,
+        steps=2,
+        init_from=str(base),
+        freeze="encoder,quantizer",
+        adversarial=True,
+        adversarial_items=2,
     )
     monkeypatch.setattr(burst, "WHEELS", ())  # no downloads in tests
     monkeypatch.setattr(burst, "download_wheels", lambda folder: folder.mkdir(parents=True))

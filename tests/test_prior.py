@@ -18,6 +18,7 @@ import torch
 from conftest import harmonic_signal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import run_two_processes
 
 from codec import bitstream
 from codec.api import Codec
@@ -168,35 +169,16 @@ def test_two_process_tokenize_matches_one_process(tiny_codec, tmp_path):
     folder = _corpus(tmp_path, count=6)
     checkpoint = tmp_path / "tiny.safetensors"
     tiny_codec.save(checkpoint)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["tokenize", str(folder), "--checkpoint", str(checkpoint), "--shard-size", "2", "-q"]
     one = subprocess.run(
         [sys.executable, "-m", "codec", *base[:2], str(tmp_path / "one"), *base[2:]],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=300,
     )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "codec",
-            *base[:2],
-            str(tmp_path / "two"),
-            *base[2:],
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    two = run_two_processes("codec", *base[:2], str(tmp_path / "two"), *base[2:], timeout=300)
     assert two.returncode == 0, two.stderr
     assert "rank 1: 2 shards encoded" in two.stderr  # the second process did its share
     a, b = load_tokens(tmp_path / "one"), load_tokens(tmp_path / "two")

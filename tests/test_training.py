@@ -5,40 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_MODEL, tiny_config
+from tiny import TINY_MODEL, run_two_processes, tiny_config, tiny_run
 
 from codec import Codec
 from codec.model import build_model
 from codec.usage import codebook_usage
 from training.data import load_validation, read_manifest
-from training.train import TrainConfig, state_digest, train, warm_start
-
-
-def tiny_run(manifest: Path, run_dir: Path, **overrides) -> TrainConfig:
-    config = TrainConfig(
-        manifest=str(manifest),
-        run_dir=str(run_dir),
-        model=TINY_MODEL,
-        batch_size=4,
-        warmup_steps=20,
-        learning_rate=3e-3,
-        log_every=5,
-        val_every=10_000,
-        save_every=10_000,
-        threads=2,
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    train(config)
-    return config
+from training.train import TrainConfig, state_digest, warm_start
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -90,33 +68,10 @@ def test_resume_is_exact(tiny_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_ranks_agree(tiny_corpus, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
+    result = run_two_processes(
         "training.train",
-        "--manifest",
-        str(tiny_corpus),
-        "--run_dir",
-        str(tmp_path),
-        "--model",
-        json.dumps(TINY_MODEL),
-        "--steps",
-        "12",
-        "--batch_size",
-        "2",
-        "--val_every",
-        "1000",
-        "--log_every",
-        "4",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1]
+        *f"--manifest {tiny_corpus} --run_dir {tmp_path} --steps 12 --batch_size 2 --val_every 1000".split(),
+        *("--log_every", "4", "--model", json.dumps(TINY_MODEL)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d) step 12 weights sha256 ([0-9a-f]+)", result.stderr))
@@ -139,22 +94,9 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
     assets = tmp_path / "assets"
     monkeypatch.setattr(export, "ASSETS", assets)
     monkeypatch.setattr(export, "BUNDLED_CHECKPOINT", assets / "codec.safetensors")
-    export.main(
-        [
-            "--run",
-            str(tmp_path / "second"),
-            "--checkpoint",
-            "last.safetensors",
-            "--manifest",
-            str(tiny_corpus),
-            "--earlier",
-            "100:0.5:older stages",
-            "--init-run",
-            f"{tmp_path / 'first'}:last.safetensors",
-            "--eval",
-            str(evaluation),
-        ]
-    )
+    common = f"--run {tmp_path / 'second'} --checkpoint last.safetensors --manifest {tiny_corpus}".split()
+    first = f"{tmp_path / 'first'}:last.safetensors"
+    export.main([*common, "--earlier", "100:0.5:older stages", "--init-run", first, "--eval", str(evaluation)])
 
     shipped = Codec.load(assets / "codec.safetensors")
     trained = Codec.load(tmp_path / "second" / "last.safetensors")
@@ -172,18 +114,7 @@ def test_export_ships_half_precision_weights_and_a_card_from_the_runs_records(ti
         "one before)" in card
     )
     with pytest.raises(SystemExit, match="STEPS:HOURS:LABEL"):
-        export.main(
-            [
-                "--run",
-                str(tmp_path / "second"),
-                "--checkpoint",
-                "last.safetensors",
-                "--manifest",
-                str(tiny_corpus),
-                "--earlier",
-                "many",
-            ]
-        )
+        export.main([*common, "--earlier", "many"])
     assert "| ours | 1.5 kbps | 1.234 |" in card and "| 0 | 0.9 | 50.0 |" in card
     assert "| synthetic | speech | CC0 |" in card
 
