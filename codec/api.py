@@ -28,7 +28,7 @@ from codec import bitstream, pitchcode
 # FileSource, open_audio and write_audio are the audio I/O of this API: the server reads requests
 # and writes responses with them.
 from codec.audio import AudioSource, FileSource, TensorSource, check_finite, open_audio, write_audio  # noqa: F401
-from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
+from codec.checkpoint import load_model, save_checkpoint
 from codec.config import CodecConfig
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from codec.model import CodecModel, build_model
@@ -68,18 +68,8 @@ class Codec:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> Codec:
         """Load a checkpoint; None means the model bundled with the package."""
-        if path is None:
-            path = BUNDLED_CHECKPOINT
-            if not path.exists():
-                raise CheckpointError(f"no bundled model at {path}; pass a checkpoint path")
-        checkpoint = read_checkpoint(path, kind="codec")
-        try:
-            config = CodecConfig.from_dict(checkpoint.config)
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{path}: invalid codec config: {error}") from None
-        model = build_model(config)
-        load_state(model, checkpoint.tensors, str(path))
-        return cls(model.to(device), f"{config.name}:{checkpoint.digest[:12]}")
+        model, checkpoint = load_model(path, "codec", BUNDLED_CHECKPOINT, CodecConfig.from_dict, build_model)
+        return cls(model.to(device), f"{model.config.name}:{checkpoint.digest[:12]}")
 
     def save(self, path: str | Path, half: bool = False) -> None:
         save_checkpoint(path, "codec", self.config.to_dict(), self.model.state_dict(), half=half)

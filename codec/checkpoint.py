@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,26 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source
             )
         converted[name] = tensor.to(expected[name].dtype)
     module.load_state_dict(converted, strict=True)
+
+
+def load_model(
+    path: str | Path | None,
+    kind: str,
+    bundled: Path,
+    make_config: Callable[[dict[str, Any]], Any],
+    build: Callable[[Any], torch.nn.Module],
+) -> tuple[torch.nn.Module, Checkpoint]:
+    """Read a checkpoint of `kind` (None: the bundled one), build its model from its config and
+    load the weights; any problem is a CheckpointError naming the file."""
+    if path is None:
+        path = bundled
+        if not path.exists():
+            raise CheckpointError(f"no bundled {kind} at {path}; pass a checkpoint path")
+    checkpoint = read_checkpoint(path, kind=kind)
+    try:
+        config = make_config(checkpoint.config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: invalid {kind} config: {error}") from None
+    model = build(config)
+    load_state(model, checkpoint.tensors, str(path))
+    return model, checkpoint

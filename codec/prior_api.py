@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
+from codec.checkpoint import load_model, save_checkpoint
 from codec.entropy import RangeDecoder, RangeEncoder, quantize_probabilities
 from codec.errors import CorruptStreamError
 from codec.prior import PriorConfig, TokenPriorModel, bits
@@ -35,17 +35,9 @@ class TokenPrior:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> TokenPrior:
-        if path is None:
-            path = BUNDLED_PRIOR
-            if not path.exists():
-                raise CheckpointError(f"no bundled prior at {path}; pass a checkpoint path")
-        checkpoint = read_checkpoint(path, kind="prior")
-        try:
-            config = PriorConfig(**checkpoint.config)
-        except TypeError as error:
-            raise CheckpointError(f"{path}: invalid prior config: {error}") from None
-        model = TokenPriorModel(config)
-        load_state(model, checkpoint.tensors, str(path))
+        model, checkpoint = load_model(
+            path, "prior", BUNDLED_PRIOR, lambda config: PriorConfig(**config), TokenPriorModel
+        )
         return cls(model.to(device), f"prior:{checkpoint.digest[:12]}")
 
     def save(self, path: str | Path, half: bool = False) -> None:

@@ -30,6 +30,12 @@ def error_responses(descriptions: dict[int, str]) -> dict[int, dict]:
     return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
 
 
+def model_work_responses(descriptions: dict[int, str]) -> dict[int, dict]:
+    """`error_responses` of a route that queues model work: it also answers 401 and 504."""
+    common = {401: "missing or wrong API key", 504: "no answer within the request timeout"}
+    return error_responses(dict(sorted({**common, **descriptions}.items())))
+
+
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, kind: str, headers: dict[str, str] | None = None):
         super().__init__(detail)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from tiny import tiny_config
 
 from codec import Codec, build_model
@@ -26,6 +28,10 @@ def harmonic_signal(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     x = envelope * voice * 0.2 + noise * envelope
     return (x / np.abs(x).max() * 0.8).astype(np.float32)
 
+
+# Property tests of the pure-Python coders: enough examples to find edge cases, no deadline.
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+seeds = st.integers(0, 2**32 - 1)
 
 SPEECH = Path(__file__).parent / "data" / "arctic_a0009.wav"  # 3.3 s of a real voice
 

@@ -5,7 +5,8 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import FAST, seeds
+from hypothesis import given
 from hypothesis import strategies as st
 
 from codec.bitstream import (
@@ -23,8 +24,6 @@ from codec.bitstream import (
 )
 from codec.errors import CodecError, CorruptStreamError, UnsupportedVersionError
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-seeds = st.integers(0, 2**32 - 1)
 model_ids = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=64)
 
 

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import FAST, seeds
+from hypothesis import given
 from hypothesis import strategies as st
 
 from codec.entropy import (
@@ -16,8 +17,6 @@ from codec.entropy import (
 )
 from codec.errors import CorruptStreamError
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-seeds = st.integers(0, 2**32 - 1)
 KINDS = ("uniform", "softmax", "peaked", "one_hot", "sparse", "dirichlet")
 
 

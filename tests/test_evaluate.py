@@ -122,9 +122,16 @@ def read_csv(path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys):
-    checkpoint = tmp_path / "tiny.safetensors"
-    tiny_codec.save(checkpoint)
+def one_clip_folder(tmp_path, seconds: float = 2.0):
+    """A folder holding one 16 kHz harmonic clip, a.wav."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "a.wav", harmonic_signal(seconds, 16000, 7), 16000, subtype="PCM_16")
+    return clips
+
+
+def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tiny_checkpoint, tmp_path, capsys):
+    checkpoint = tiny_checkpoint
     clips = tmp_path / "clips"
     clips.mkdir()
     sf.write(clips / "a.wav", harmonic_signal(3.2, 16000, 5), 16000, subtype="PCM_16")
@@ -161,9 +168,8 @@ def test_evaluation_runs_end_to_end_on_a_tiny_codec(tiny_codec, tmp_path, capsys
     assert "PESQ-WB" in printed and "2 files" in printed and "codebook usage" in printed
 
 
-def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_corpus, tmp_path, capsys):
-    checkpoint = tmp_path / "tiny.safetensors"
-    tiny_codec.save(checkpoint)
+def test_codebook_usage_can_cover_the_whole_split(tiny_codec, tiny_checkpoint, tiny_corpus, tmp_path, capsys):
+    checkpoint = tiny_checkpoint
     out = tmp_path / "eval"
     run_evaluation(
         checkpoint,
@@ -191,9 +197,7 @@ def test_entropy_coded_settings_are_charged_their_real_files(
     from codec import bitstream
     from codec.prior_api import TokenPrior
 
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
+    clips = one_clip_folder(tmp_path)
     out = tmp_path / "eval"
     run_evaluation(
         tiny_checkpoint,
@@ -218,9 +222,7 @@ def test_entropy_coded_settings_need_the_codecs_own_prior(tiny_codec, tiny_prior
     other = tmp_path / "other.safetensors"
     torch.manual_seed(5)
     Codec(build_model(tiny_config()).eval(), "vqcodec-tiny:other").save(other)
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    sf.write(clips / "a.wav", harmonic_signal(1.0, 16000, 7), 16000, subtype="PCM_16")
+    clips = one_clip_folder(tmp_path, seconds=1.0)
     with pytest.raises(SystemExit, match="models the tokens of"):
         run_evaluation(
             other,
@@ -258,9 +260,7 @@ def test_pitch_settings_are_charged_their_real_files_and_decoded_from_them(
 ):
     from codec.prior_api import TokenPrior
 
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    sf.write(clips / "a.wav", harmonic_signal(2.0, 16000, 7), 16000, subtype="PCM_16")
+    clips = one_clip_folder(tmp_path)
     out = tmp_path / "eval"
     run_evaluation(
         tiny_checkpoint,
@@ -322,10 +322,9 @@ def test_perceptual_metrics_score_every_system_and_pool_dwer_over_the_english_fi
 
 
 def test_a_second_held_out_set_is_scored_in_the_same_run_and_reported_on_its_own(
-    tiny_codec, tiny_corpus, tmp_path, capsys
+    tiny_checkpoint, tiny_corpus, tmp_path, capsys
 ):
-    checkpoint = tmp_path / "tiny.safetensors"
-    tiny_codec.save(checkpoint)
+    checkpoint = tiny_checkpoint
     out = tmp_path / "eval"
     # --kind applies to both sets: the second set is the val split's speech.
     run_evaluation(

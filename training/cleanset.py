@@ -36,8 +36,8 @@ from training.corpus import (
     SourceReport,
     fetch_package,
     is_usable,
+    store_clip,
     to_mono_16k,
-    write_flac_atomic,
     write_manifest,
 )
 from training.sources import read_audio
@@ -188,20 +188,8 @@ def build_source(source: CleanSource, cache: Path, out: Path) -> list[ManifestEn
         if duration < max(source.min_seconds, 0.5) or not is_usable(audio):
             continue
         rel = f"test/speech/{source.name}/{path.relative_to(root).as_posix().replace('/', '__').rsplit('.', 1)[0]}.flac"
-        if not (out / rel).exists():
-            write_flac_atomic(out / rel, audio)
-        entries.append(
-            ManifestEntry(
-                rel,
-                what,
-                path.relative_to(root).as_posix(),
-                source.license,
-                round(duration, 4),
-                "test",
-                "speech",
-                source.language,
-            )
-        )
+        original = path.relative_to(root).as_posix()
+        entries.append(store_clip(out, rel, audio, what, original, source.license, "test", "speech", source.language))
         seconds += duration
     print(f"{source.name:18s} {source.language}  {len(entries):4d} files  {seconds / 60:5.2f} min  ({source.origin})")
     return entries

@@ -145,6 +145,16 @@ def write_flac_atomic(path: Path, audio: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def store_clip(
+    out: Path, rel: str, audio: np.ndarray, package: str, original: str, license: str, split: str, kind: str, group: str
+) -> ManifestEntry:
+    """Write `audio` as out/rel (kept when already there, so a rerun resumes) and return its entry."""
+    if not (out / rel).exists():
+        write_flac_atomic(out / rel, audio)
+    duration = round(len(audio) / SAMPLE_RATE, 4)
+    return ManifestEntry(rel, package, original, license, duration, split, kind, group)
+
+
 def convert_item(source: Source, item: Item, out: Path) -> list[ManifestEntry]:
     """Decode, convert and write one recording; returns an entry per chunk kept.
 
@@ -162,18 +172,9 @@ def convert_item(source: Source, item: Item, out: Path) -> list[ManifestEntry]:
             continue
         stem = item.name if len(chunks) == 1 else f"{item.name}_c{k:03d}"
         rel = f"{split}/{source.kind}/{source.package}/{stem}.flac"
-        if not (out / rel).exists():
-            write_flac_atomic(out / rel, chunk)
         entries.append(
-            ManifestEntry(
-                rel,
-                source.package,
-                item.original_path,
-                source.license,
-                round(len(chunk) / SAMPLE_RATE, 4),
-                split,
-                source.kind,
-                item.group,
+            store_clip(
+                out, rel, chunk, source.package, item.original_path, source.license, split, source.kind, item.group
             )
         )
     return entries

@@ -31,7 +31,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -379,9 +378,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     return summary
 
 
-def _list_of(kind: type) -> Callable[[str], list]:
-    """An argparse type: comma-separated values of `kind`."""
-    return lambda text: [kind(x) for x in text.split(",")]
+def list_option(parser: argparse.ArgumentParser, name: str, kind: type, default: list, help: str) -> None:
+    """An option taking comma-separated values of `kind`."""
+    parser.add_argument(
+        name, type=lambda text: [kind(x) for x in text.split(",")], default=default, help=help + ", comma-separated"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -392,36 +393,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="val", help="manifest split")
     parser.add_argument("--kind", action="append", help="manifest kind (speech, tts, music); repeatable")
     parser.add_argument("--checkpoint", help="codec checkpoint; default: the bundled model")
-    parser.add_argument(
-        "--bitrates",
-        type=_list_of(float),
-        default=[1.0, 1.5, 3.0, 6.0],
-        help="our codec's bitrates in kbps, comma-separated",
-    )
-    parser.add_argument(
+    list_option(parser, "--bitrates", float, [1.0, 1.5, 3.0, 6.0], "our codec's bitrates in kbps")
+    list_option(
+        parser,
         "--entropy-bitrates",
-        type=_list_of(float),
-        default=[],
-        help="also our codec at these kbps with its tokens entropy-coded by the prior "
+        float,
+        [],
+        "also our codec at these kbps with its tokens entropy-coded by the prior "
         "(charged the bytes of `codec encode --entropy`'s file)",
     )
-    parser.add_argument(
-        "--opus-kbps",
-        type=_list_of(float),
-        default=OPUS_KBPS,
-        help="Opus bitrates (kbps), comma-separated",
-    )
-    parser.add_argument(
-        "--codec2-modes",
-        type=_list_of(int),
-        default=CODEC2_MODES,
-        help="Codec2 modes (bit/s), comma-separated",
-    )
-    parser.add_argument(
+    list_option(parser, "--opus-kbps", float, OPUS_KBPS, "Opus bitrates (kbps)")
+    list_option(parser, "--codec2-modes", int, CODEC2_MODES, "Codec2 modes (bit/s)")
+    list_option(
+        parser,
         "--pitch-bitrates",
-        type=_list_of(float),
-        default=[],
-        help="also our codec at these kbps entropy-coded with the pitch side stream "
+        float,
+        [],
+        "also our codec at these kbps entropy-coded with the pitch side stream "
         "(charged the bytes of `codec encode --entropy --pitch`'s file)",
     )
     parser.add_argument("--prior", help="prior checkpoint for --entropy-bitrates; default: the bundled prior")

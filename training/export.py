@@ -106,6 +106,13 @@ def eval_table(path: Path) -> list[str]:
     ]
 
 
+def eval_section(folder: Path | None, name: str, title: str) -> list[str]:
+    """Model-card lines: the title and the table of the evaluation CSV `name`, if it exists."""
+    if folder is None or not (folder / name).exists():
+        return []
+    return [title, "", *eval_table(folder / name), ""]
+
+
 def half_precision_id(path: Path) -> str:
     """The model id the codec checkpoint at `path` gets once stored in half precision, as export
     ships it: the digest of its tensors in float16 and of its config as stored. (Re-saving
@@ -270,15 +277,8 @@ def main(argv: list[str] | None = None) -> None:
             f"step {val['step']}: `{json.dumps(val['val'])}`",
             "",
         ]
-    if args.eval and (args.eval / "summary.csv").exists():
-        lines += [
-            "## Evaluation (held-out speech, `python -m training.evaluate`)",
-            "",
-            *eval_table(args.eval / "summary.csv"),
-            "",
-        ]
-    if args.eval and (args.eval / "usage.csv").exists():
-        lines += ["## Codebook usage on the evaluation files", "", *eval_table(args.eval / "usage.csv"), ""]
+    lines += eval_section(args.eval, "summary.csv", "## Evaluation (held-out speech, `python -m training.evaluate`)")
+    lines += eval_section(args.eval, "usage.csv", "## Codebook usage on the evaluation files")
     if args.prior_run:
         prior = TokenPrior.load(args.prior_run / "best.safetensors")
         if args.prior_fitted_to:
@@ -296,13 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             f"validation then: `{json.dumps(prior_val['val']) if prior_val else 'none'}`",
             "",
         ]
-        if args.eval and (args.eval / "prior.csv").exists():
-            lines += [
-                "Held-out speech (`python -m training.evaluate_prior`):",
-                "",
-                *eval_table(args.eval / "prior.csv"),
-                "",
-            ]
+        lines += eval_section(args.eval, "prior.csv", "Held-out speech (`python -m training.evaluate_prior`):")
     (ASSETS / "MODEL_CARD.md").write_text("\n".join(lines))
     print(f"wrote {BUNDLED_CHECKPOINT} ({codec.model_id}) and {ASSETS / 'MODEL_CARD.md'}")
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.deps import Authorized, EngineDep
 from server.engine import CodecEngine, DecodeJob
-from server.errors import error_responses, too_large, unprocessable, validation_message
+from server.errors import model_work_responses, too_large, unprocessable, validation_message
 from server.media import STREAM_TYPE, audio_format, audio_response, content_type, unless_disconnected, unsupported
 from server.schemas import TokensIn
 
@@ -29,15 +29,13 @@ REQUEST_BODY = {
         },
     },
 }
-ERRORS = error_responses(
+ERRORS = model_work_responses(
     {
         400: "damaged binary stream (truncated, bad CRC, written by another model)",
-        401: "missing or wrong API key",
         413: "body or number of frames over the limits",
         415: "not application/json or application/octet-stream",
         422: "malformed JSON, or codes of the wrong shape or range, or for another model",
         503: "queue full (see Retry-After), model not loaded, or an entropy-coded stream and no prior loaded",
-        504: "no answer within the request timeout",
     }
 )
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from codec.api import EncodedAudio
 from server.deps import Authorized, EngineDep
-from server.errors import ApiError, error_responses, unprocessable
+from server.errors import ApiError, model_work_responses, unprocessable
 from server.media import (
     AUDIO_TYPES,
     STREAM_TYPE,
@@ -37,15 +37,13 @@ REQUEST_BODY = {
         **{media: _binary for media in ("audio/wav", "audio/flac", "audio/ogg")},
     },
 }
-ERRORS = error_responses(
+ERRORS = model_work_responses(
     {
         400: "unreadable, empty or non-finite audio, or an absurd sample rate or channel count",
-        401: "missing or wrong API key",
         413: "body or audio duration over the limits",
         415: "not multipart or an audio content type",
         422: "invalid parameter (bitrate, or entropy=true without Accept: application/octet-stream)",
         503: "queue full (see Retry-After), model not loaded, or entropy=true and no prior loaded",
-        504: "no answer within the request timeout",
     }
 )
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from server.deps import Authorized, EngineDep, SettingsDep
 from server.engine import DecodeJob, SampleJob
-from server.errors import ApiError, error_responses, unprocessable
+from server.errors import ApiError, model_work_responses, unprocessable
 from server.media import accepts, audio_format, audio_response, tokens_response, unless_disconnected
 from server.schemas import SampleRequest, Tokens
 
@@ -17,14 +17,12 @@ router = APIRouter(tags=["prior"], dependencies=[Authorized])
 
 MIN_TEMPERATURE = 0.01
 
-ERRORS = error_responses(
+ERRORS = model_work_responses(
     {
         400: "a body that cannot be parsed (not UTF-8)",
-        401: "missing or wrong API key",
         413: "body over the size limit",
         422: "invalid JSON, parameters or prompt",
         503: "no prior loaded, or queue full (see Retry-After)",
-        504: "no answer within the request timeout",
     }
 )
 
