@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -51,6 +53,26 @@ def _output(path: str) -> Iterator[BinaryIO]:
         raise
 
 
+def _refuse_same_file(source: str, output: str) -> None:
+    """CodecError if writing `output` would replace `source` (the same file under any name)."""
+    if "-" in (source, output):
+        return
+    try:
+        same = os.path.samefile(source, output)
+    except OSError:  # either does not exist (yet): not the same file
+        return
+    if same:
+        raise CodecError(f"output {output} is the input file; write to another path")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised so that the command unwinds like Ctrl-C and removes its temporary output."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def _read_input(path: str) -> bytes | str:
     return sys.stdin.buffer.read() if path == "-" else path
 
@@ -62,6 +84,7 @@ def _load_codec(args):
 
 
 def cmd_encode(args) -> None:
+    _refuse_same_file(args.input, args.output)
     codec = _load_codec(args)
     from codec.audio import open_audio
 
@@ -94,6 +117,7 @@ def _read_encoded(args, codec):
 
 
 def cmd_decode(args) -> None:
+    _refuse_same_file(args.input, args.output)
     codec = _load_codec(args)
     encoded = _read_encoded(args, codec)
     update, close = _progress(encoded.codes.shape[-1], not args.quiet)
@@ -270,6 +294,16 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         COMMANDS[args.command](args)
     except CodecError as error:
@@ -281,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except _Terminated:
+        print("codec: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("codec: interrupted", file=sys.stderr)
         return 130

@@ -46,6 +46,7 @@ raises `CorruptStreamError` at once. It always returns symbols in [0, V) and can
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Callable
 
@@ -261,6 +262,20 @@ class RangeDecoder:
             raise CorruptStreamError(f"{len(self._data) - self._position} bytes left over in the entropy-coded payload")
         if self._state != _LOWER:
             raise CorruptStreamError("entropy-coded payload does not end in the coder's initial state")
+
+
+def max_symbols(num_bytes: int, vocabulary: int, precision: int = DEFAULT_PRECISION) -> int:
+    """The most symbols a payload of `num_bytes` can hold when every table gives each of the
+    `vocabulary` symbols at least 1 (as `quantize_probabilities` does): each symbol costs at
+    least log2(T / (T - V + 1)) bits, and the coder's bytes hold 8 bits each plus its 4-byte
+    state. A header that declares more is corrupt, so a decoder can refuse it before allocating."""
+    total = 1 << precision
+    if not 1 <= vocabulary <= total:
+        raise ValueError(f"vocabulary must be in [1, 2**{precision}]")
+    if vocabulary == 1:
+        return 2**63 - 1  # a one-symbol alphabet costs nothing
+    least_bits = math.log2(total / (total - vocabulary + 1))
+    return int((8 * num_bytes + 8) / least_bits) + 1
 
 
 def encode_symbols(symbols: np.ndarray, frequencies: np.ndarray, precision: int = DEFAULT_PRECISION) -> bytes:

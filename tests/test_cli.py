@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from codec import bitstream
+from codec import Codec, bitstream
 
 SPEECH = Path(__file__).parent / "data" / "arctic_a0009.wav"
 
@@ -148,3 +148,90 @@ def test_pitch_side_stream_round_trip(checkpoint, tmp_path):
     assert sf.info(decoded).frames == sf.info(SPEECH).frames
     result = run("info", str(pitched))
     assert result.returncode == 0 and b"packed+pitch" in result.stdout
+
+
+@pytest.mark.parametrize("coding", ["entropy", "entropy+pitch"])
+def test_a_tiny_file_declaring_hours_of_frames_is_refused_without_allocating(
+    tiny_codec, checkpoint, tiny_prior_checkpoint, tmp_path, coding
+):
+    """A 60-odd-byte file whose header claims 2**36 samples: one line, exit 1, and the decoder
+    never allocates for the frames it claims (peak RSS of the process stays small)."""
+    samples = 2**36
+    header = bitstream.StreamHeader(
+        model_id=Codec.load(checkpoint).model_id,
+        sample_rate=tiny_codec.sample_rate,
+        hop_length=tiny_codec.config.hop_length,
+        num_levels=1,
+        codebook_size=tiny_codec.config.quantizer.codebook_size,
+        num_samples=samples,
+        num_frames=-(-samples // tiny_codec.config.hop_length),
+        coding=coding,
+    )
+    # (A packed stream must carry all its codes: the reader already bounds it by the file size.)
+    pitch = bytes(3) if coding.endswith("+pitch") else None
+    data = bitstream.write_stream(header, payload=bytes(20), pitch=pitch)
+    crafted = tmp_path / "crafted.vqac"
+    crafted.write_bytes(data)
+    assert len(data) < 100
+    code = (
+        "import resource, sys\n"
+        "from codec.cli import main\n"
+        "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as e:\n    status = e.code\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, 'STATUS', status)\n"
+    )
+    options = ["--checkpoint", str(checkpoint), "--prior", str(tiny_prior_checkpoint)]
+    result = subprocess.run(
+        [sys.executable, "-c", code, "decode", str(crafted), str(tmp_path / "out.wav"), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    peak, status = int(result.stdout.split()[1]), result.stdout.split()[3]
+    assert status == "1" and peak < 1000, result.stdout + result.stderr  # MB; 2**36 samples would be 256 GB
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot hold" in lines[0]
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_output_over_the_input_is_refused(checkpoint, tmp_path):
+    source = tmp_path / "same.wav"
+    source.write_bytes(SPEECH.read_bytes())
+    alias = tmp_path / "alias.wav"
+    alias.hardlink_to(source)
+    for output in (source, alias):
+        result = run("encode", str(source), str(output), "--checkpoint", str(checkpoint))
+        assert result.returncode == 1 and b"is the input file" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert source.read_bytes() == SPEECH.read_bytes()
+    coded = tmp_path / "speech.vqac"
+    assert run("encode", str(source), str(coded), "--checkpoint", str(checkpoint)).returncode == 0
+    before = coded.read_bytes()
+    result = run("decode", str(coded), str(coded), "--checkpoint", str(checkpoint))
+    assert result.returncode == 1 and b"is the input file" in result.stderr and coded.read_bytes() == before
+
+
+def test_sigterm_removes_the_partial_output(checkpoint, tmp_path):
+    """A decode killed with SIGTERM mid-write exits 143 and leaves neither the output nor its
+    hidden temporary file."""
+    import signal
+    import time
+
+    long = tmp_path / "long.wav"
+    sf.write(long, np.random.default_rng(0).normal(0, 0.1, 16000 * 600).astype(np.float32), 16000)
+    coded = tmp_path / "long.vqac"
+    assert run("encode", str(long), str(coded), "--checkpoint", str(checkpoint), "-q").returncode == 0
+    out = tmp_path / "out" / "long.wav"
+    out.parent.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "codec", "decode", str(coded), str(out), "--checkpoint", str(checkpoint), "-q"],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while not list(out.parent.iterdir()) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    if process.poll() is not None:
+        pytest.skip("the decode finished before it could be interrupted")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and b"terminated" in stderr
+    assert list(out.parent.iterdir()) == []

@@ -7,12 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codec.entropy import (
+    DEFAULT_PRECISION,
     STATE_BYTES,
     RangeDecoder,
     RangeEncoder,
     decode_symbols,
     encode_symbols,
     ideal_bits,
+    max_symbols,
     quantize_probabilities,
 )
 from codec.errors import CorruptStreamError
@@ -299,3 +301,15 @@ def test_misuse_raises_value_error():
         RangeDecoder(b"\x00\x80\x00")
     with pytest.raises(CorruptStreamError):
         RangeDecoder(b"\x80\x00\x00\x00")  # initial state out of range
+
+
+@pytest.mark.parametrize("vocabulary", [2, 64, 1024])
+def test_max_symbols_bounds_the_most_compressible_streams(vocabulary):
+    """Every symbol at the largest frequency a table allows: the payload is as small as any can
+    be for its count, and max_symbols still admits that count (and not much more)."""
+    total = 1 << DEFAULT_PRECISION
+    row = np.ones(vocabulary, dtype=np.int64)
+    row[0] = total - vocabulary + 1
+    for count in (1, 1000, 50_000):
+        payload = encode_symbols(np.zeros(count, dtype=np.int64), np.tile(row, (count, 1)))
+        assert count <= max_symbols(len(payload), vocabulary) <= 1.2 * count + 8 * 64 / np.log2(total / row[0])
