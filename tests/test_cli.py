@@ -174,10 +174,12 @@ def test_a_tiny_file_declaring_hours_of_frames_is_refused_without_allocating(
     crafted.write_bytes(data)
     assert len(data) < 100
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from codec.cli import main\n"
         "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as e:\n    status = e.code\n"
-        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, 'STATUS', status)\n"
+        # VmHWM, not ru_maxrss: the latter carries the parent's (pytest's) peak across fork and exec.
+        "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]\n"
+        "print('PEAK', int(hwm) // 1024, 'STATUS', status)\n"
     )
     options = ["--checkpoint", str(checkpoint), "--prior", str(tiny_prior_checkpoint)]
     result = subprocess.run(
@@ -187,7 +189,7 @@ def test_a_tiny_file_declaring_hours_of_frames_is_refused_without_allocating(
         timeout=120,
     )
     peak, status = int(result.stdout.split()[1]), result.stdout.split()[3]
-    assert status == "1" and peak < 1000, result.stdout + result.stderr  # MB; 2**36 samples would be 256 GB
+    assert status == "1" and peak < 1200, result.stdout + result.stderr  # MB (PyTorch alone ~700); 2**36 samples: GBs
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot hold" in lines[0]
     assert not (tmp_path / "out.wav").exists()
