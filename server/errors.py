@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
 
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from server.batching import BatcherStopped, QueueFull, QueueTimeout
@@ -102,6 +103,13 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(BatcherStopped)
     async def stopped(request: Request, error: BatcherStopped):
         return _respond(request, 503, "server is shutting down", "shutting_down", {"Retry-After": str(retry_after_s)})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect):
+        # The client left before sending its whole body: not a server error, and nobody reads
+        # the answer (499 is the status proxies log for it).
+        logger.info("client disconnected during %s %s", request.method, request.url.path)
+        return _respond(request, 499, "client closed the request", "client_disconnect")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception):

@@ -493,3 +493,46 @@ def test_encode_writes_the_pitch_stream_on_request(api):
     entropy = api.post("/encode?bitrate=0.6&pitch=true&entropy=true", content=data, headers=binary)
     assert entropy.status_code == 200 and entropy.content[5] == 3  # coding byte: entropy+pitch
     assert_error(api.post("/encode?pitch=true", content=data, headers={"content-type": "audio/wav"}), 422, "pitch")
+
+
+def test_a_client_that_leaves_mid_upload_is_not_a_server_error(api):
+    """The body stops with http.disconnect: answered 499 and counted as a disconnect, no 500."""
+
+    async def upload_and_leave():
+        messages = [
+            {"type": "http.request", "body": audio_bytes(1.0, seed=1)[:2000], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/encode",
+            "raw_path": b"/encode",
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "http",
+            "headers": [(b"content-type", b"audio/wav"), (b"content-length", b"100000")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+        }
+        await api.app(scope, receive, send)
+        return sent
+
+    before = api.get("/metrics").text
+    sent = api.portal.call(upload_and_leave)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [499]
+    after = api.get("/metrics").text
+    assert metric(after, "codec_errors_total", kind="client_disconnect") == 1 + metric(
+        before, "codec_errors_total", kind="client_disconnect"
+    )
+    assert metric(after, "codec_errors_total", kind="internal") == metric(before, "codec_errors_total", kind="internal")
