@@ -109,7 +109,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         # The client left before sending its whole body: not a server error, and nobody reads
         # the answer (499 is the status proxies log for it).
         logger.info("client disconnected during %s %s", request.method, request.url.path)
-        return _respond(request, 499, "client closed the request", "client_disconnect")
+        return _respond(request, 499, "client closed the request", "disconnected")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception):
