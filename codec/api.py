@@ -30,7 +30,6 @@ from codec import bitstream, pitchcode
 from codec.audio import AudioSource, FileSource, TensorSource, check_finite, open_audio, write_audio  # noqa: F401
 from codec.checkpoint import load_model, save_checkpoint
 from codec.config import CodecConfig
-from codec.entropy import max_symbols
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
 from codec.model import CodecModel, build_model
 from codec.pitchcode import PitchTrack
@@ -338,7 +337,6 @@ class Codec:
         """A parsed file (`read_stream`) -> codes [1, K, N], as `from_bytes`."""
         header = stream.header
         self.check_header(header)
-        self.check_lengths(stream)
         tracks = None
         if stream.pitch is not None:
             tracks = [pitchcode.decode_track(stream.pitch, header.num_frames)]
@@ -350,24 +348,6 @@ class Codec:
             self.check_prior(prior)
             codes = prior.entropy_decode(stream.payload, header.num_levels, header.num_frames)
         return EncodedAudio(codes, header.num_samples, header.sample_rate, header.model_id, tracks)
-
-    @staticmethod
-    def check_lengths(stream: bitstream.Stream) -> None:
-        """CorruptStreamError if the header declares more frames than the bytes present can hold
-        (a pitch stream spends at least a bit a frame; an entropy-coded payload a minimum per code,
-        `entropy.max_symbols`), so that a small crafted file cannot make the decoder allocate for
-        frames it does not have. Packed payloads are checked for their exact size by the reader."""
-        header = stream.header
-        if stream.pitch is not None and header.num_frames > 8 * len(stream.pitch):
-            raise CorruptStreamError(
-                f"pitch stream of {len(stream.pitch)} bytes cannot hold the header's {header.num_frames} frames"
-            )
-        if header.codes_coding != "packed":
-            codes = header.num_frames * header.num_levels
-            if codes > max_symbols(len(stream.payload), header.codebook_size):
-                raise CorruptStreamError(
-                    f"entropy-coded payload of {len(stream.payload)} bytes cannot hold the header's {codes} codes"
-                )
 
     def check_prior(self, prior: TokenPrior) -> None:
         """CodecError unless `prior` models this codec's tokens (`TokenPrior.mismatch`)."""

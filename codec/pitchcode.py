@@ -125,6 +125,8 @@ def encode_track(track: PitchTrack) -> bytes:
 
 
 def decode_track(data: bytes, num_frames: int) -> PitchTrack:
+    if num_frames > 8 * len(data):  # every frame spends at least its voicing bit; checked before allocating
+        raise CorruptStreamError(f"pitch stream of {len(data)} bytes cannot hold {num_frames} frames")
     reader = _BitReader(data)
     voiced = np.zeros(num_frames, dtype=bool)
     index = np.zeros(num_frames, dtype=np.int64)

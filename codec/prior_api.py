@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from codec.checkpoint import load_model, save_checkpoint
-from codec.entropy import RangeDecoder, RangeEncoder, quantize_probabilities
+from codec.entropy import RangeDecoder, RangeEncoder, max_symbols, quantize_probabilities
 from codec.errors import CorruptStreamError
 from codec.prior import PriorConfig, TokenPriorModel, bits
 from codec.sampling import FrameStepper, SamplingOptions, generate
@@ -150,6 +150,10 @@ class TokenPrior:
 
     def entropy_decode(self, payload: bytes, num_levels: int, num_frames: int) -> torch.Tensor:
         """Payload from entropy_encode -> codes [1, K, N]; CorruptStreamError if it does not check out."""
+        if num_levels * num_frames > max_symbols(len(payload), self.codebook_size):  # before allocating
+            raise CorruptStreamError(
+                f"entropy-coded payload of {len(payload)} bytes cannot hold {num_levels} x {num_frames} codes"
+            )
         identity = self._identity()
         head = len(identity) + 4
         if len(payload) < head:
