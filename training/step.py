@@ -97,12 +97,24 @@ class StepResult:
     applied: bool  # False: the gradient was not finite and the update was skipped
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix work is fast on `device`: a GPU, or a CPU with AMX or AVX-512 BF16.
+    Elsewhere (an AVX2-only CPU, say) PyTorch emulates bf16 matmuls, a hundred times slower than
+    float32."""
+    if device.type == "cuda":
+        return True
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` on `device` (a no-op for fp32)."""
+    """The autocast context for `precision` on `device` (a no-op for fp32; "auto": bf16 where
+    `fast_bf16`, else fp32)."""
+    if precision == "auto":
+        precision = "bf16" if fast_bf16(device) else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 

@@ -87,8 +87,9 @@ class TrainConfig:
     adversarial_seconds: float = 0.0  # crop of those items the discriminators see (0: all of it)
     adversarial_every: int = 1  # discriminator update (and adversarial terms) every n-th step
     discriminator_lr: float = 0.0  # 0: the codec's learning rate
-    # "bf16": the networks run under bfloat16 autocast (AMX on these CPUs, tensor cores on a GPU);
-    # losses and the head's FFTs stay float32. bench.train_step measures what it saves.
+    # "bf16": the networks run under bfloat16 autocast (AMX CPUs, tensor cores on a GPU); losses
+    # and the head's FFTs stay float32. bench.train_step measures what it saves. "auto": bf16
+    # where bf16 matrix work is fast (training.step.fast_bf16), else fp32.
     precision: str = "fp32"
     # Random equalisation, noise and loudness of the training crops (training.data.Augment);
     # the codec reconstructs the augmented crop. 0: loudness only, as before.
