@@ -25,9 +25,10 @@ def test_the_bundled_model_gives_the_stored_codes_and_audio():
     pcm = np.round(np.clip(codec.decode(encoded)[0, 0].numpy(), -1, 1) * 32767).astype(np.int32)
     # The codes are exact. The audio depends on the floating-point kernels (thread count, CPU):
     # the pulse train's running phase sums f0 over the clip, so their rounding moves a sample by
-    # up to ~12 steps of 16 bits between 1 and 2 threads; a changed model moves it by thousands.
+    # up to ~12 steps of 16 bits between 1 and 2 threads and ~50 between an AVX-512 and an AVX2
+    # CPU; a changed model moves it by thousands.
     assert pcm.shape == reference["pcm"].shape
-    assert np.abs(pcm - reference["pcm"]).max() <= 33  # 1e-3 of full scale
+    assert np.abs(pcm - reference["pcm"]).max() <= 164  # 5e-3 of full scale
 
 
 def test_the_server_uses_only_the_codec_public_api():
