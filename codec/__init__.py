@@ -10,6 +10,7 @@ tokens (50 frames/s, 0.5 to 6 kbps) and back.
 from codec.api import Codec, EncodedAudio
 from codec.config import CodecConfig, DecoderConfig, EncoderConfig, QuantizerConfig
 from codec.errors import CodecError, CorruptStreamError, InvalidAudioError
+from codec.interrupt import Interrupted, interruptible
 from codec.model import CodecModel, build_model
 from codec.pitchcode import PitchTrack
 
@@ -22,8 +23,10 @@ __all__ = [
     "DecoderConfig",
     "EncodedAudio",
     "EncoderConfig",
+    "Interrupted",
     "InvalidAudioError",
     "PitchTrack",
     "QuantizerConfig",
     "build_model",
+    "interruptible",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from codec.audio import AudioSource, check_finite
+from codec.interrupt import checkpoint
 from codec.model import CodecModel
 
 Progress = Callable[[int], None]  # called with the number of frames just finished
@@ -32,6 +33,7 @@ def encode_source(
     device = next(model.parameters()).device
     pieces = []
     for first in range(0, total, window_frames):
+        checkpoint()
         last = min(first + window_frames, total)
         start, stop = first * hop, last * hop
         lo = max(start - context, 0)
@@ -71,6 +73,7 @@ def decode_windows(
     emitted = 0
     carried = None  # the phase track's value due at the next window's first kept frame
     for first in range(0, total, window_frames):
+        checkpoint()
         last = min(first + window_frames, total)
         lo, hi = max(first - context, 0), min(last + context, total)
         with torch.inference_mode():

@@ -35,6 +35,8 @@ from server.settings import BUNDLED_PRIOR, Settings
 
 logger = logging.getLogger("server")
 
+DOCS_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+
 DESCRIPTION = """Neural audio codec: audio to discrete tokens and back, and new tokens from a prior.
 
 `POST /encode` a WAV, FLAC or Ogg file (any rate, any channels) to get its codes;
@@ -51,7 +53,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.draining = False
     install_error_handlers(app, settings.retry_after_s)
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    public = {"/livez", "/readyz"} | (DOCS_PATHS if settings.public_docs else set())
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None,
+        public_paths=frozenset(public),
+    )
     for router in (encode.router, decode.router, sample.router, model.router, health.router):
         app.include_router(router)
     return app

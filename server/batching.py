@@ -8,7 +8,8 @@ on an idle server never waits for company that is not coming; announced requests
 the queue's bound. The model function runs in the model's
 executor, off the event loop, one batch at a time. The queue is bounded (`QueueFull`), a job
 that is not answered within its timeout fails with `QueueTimeout`, and a job whose caller goes
-away (cancelled: client disconnect, timeout) leaves the queue at once and never reaches the model.
+away (cancelled: client disconnect, timeout) leaves the queue at once and never reaches the model;
+a batch already running stops at the library's next checkpoint once none of its callers waits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from codec import Interrupted, interruptible
 
 P = TypeVar("P")  # what a job carries
 R = TypeVar("R")  # what a job returns
@@ -73,6 +76,7 @@ class BatchObserver:
 
     def queue_depth(self, name: str, depth: int) -> None: ...
     def batch(self, name: str, size: int, waits: Sequence[float], seconds: float) -> None: ...
+    def interrupted(self, name: str) -> None: ...
 
 
 class DynamicBatcher(Generic[P, R]):
@@ -104,6 +108,11 @@ class DynamicBatcher(Generic[P, R]):
     def depth(self) -> int:
         """Jobs waiting (not yet in a running batch)."""
         return self._size
+
+    @property
+    def full(self) -> bool:
+        """Whether a new request would be refused (QueueFull)."""
+        return self._size + self._incoming >= self.max_queue
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
@@ -217,10 +226,13 @@ class DynamicBatcher(Generic[P, R]):
             start = time.perf_counter()
             try:
                 results: Any = await loop.run_in_executor(
-                    self.executor, self.process, jobs[0].key, [j.payload for j in jobs]
+                    self.executor, _interruptible, self.process, jobs[0].key, [j.payload for j in jobs], jobs
                 )
                 if len(results) != len(jobs):
                     raise RuntimeError(f"{self.name}: {len(results)} results for {len(jobs)} jobs")
+            except Interrupted:  # every caller left (timeout, disconnect) while it ran
+                self.observer.interrupted(self.name)
+                continue
             except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
                 for job in jobs:
                     if not job.future.done():
@@ -230,3 +242,10 @@ class DynamicBatcher(Generic[P, R]):
                     if not job.future.done():
                         job.future.set_result(result)
             self.observer.batch(self.name, len(jobs), [now - j.enqueued for j in jobs], time.perf_counter() - start)
+
+
+def _interruptible(process: ProcessFn, key: Hashable, payloads: Sequence[Any], jobs: Sequence[_Job]) -> Sequence[Any]:
+    """Run a batch in the executor; its model work stops at the library's next checkpoint (between
+    windows, segments or frames) once none of its callers waits for it any more."""
+    with interruptible(lambda: any(not job.future.done() for job in jobs)):
+        return process(key, payloads)

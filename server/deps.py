@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.engine import CodecEngine
 from server.errors import ApiError
+from server.middleware import UNAUTHORIZED, key_matches
 from server.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="the server's API key, when it has one")
@@ -30,18 +30,13 @@ def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
+    """The routes' declaration of the key (it puts the bearer scheme in the OpenAPI schema); the
+    request middleware has already refused requests without it, before reading their bodies."""
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
-    given = credentials.credentials.encode() if credentials is not None else b""
-    # Constant time, so the response time says nothing about how much of a guess was right.
-    if not hmac.compare_digest(given, expected):
-        raise ApiError(
-            401,
-            "missing or wrong API key (Authorization: Bearer <key>)",
-            "unauthorized",
-            {"WWW-Authenticate": "Bearer"},
-        )
+    given = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if not key_matches(given, settings.api_key.get_secret_value()):
+        raise ApiError(401, UNAUTHORIZED, "unauthorized", {"WWW-Authenticate": "Bearer"})
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

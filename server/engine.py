@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from codec import Codec, EncodedAudio, PitchTrack
+from codec import Codec, EncodedAudio, PitchTrack, interruptible
 from codec.api import FileSource, open_audio
 from codec.errors import CorruptStreamError, InvalidAudioError
 from server.batching import DynamicBatcher, Expected, QueueTimeout, length_bucket
@@ -114,11 +115,27 @@ class CodecEngine:
         return await self._in_model_thread("audio not read", self.open_audio, data, bitrate)
 
     async def _in_model_thread(self, what: str, function, *args):
-        work = asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        """function(*args) in the model's thread, for at most the request timeout; when the
+        caller stops waiting (timeout, disconnect) the work stops at its next checkpoint."""
+        wanted = threading.Event()
+        wanted.set()
+
+        def run():
+            with interruptible(wanted.is_set):
+                return function(*args)
+
+        work = asyncio.get_running_loop().run_in_executor(self.executor, run)
         try:
             return await asyncio.wait_for(work, self.timeout)
         except asyncio.TimeoutError:
             raise QueueTimeout(f"{what} within {self.timeout:g} s: the model is busy") from None
+        finally:
+            wanted.clear()
+
+    def overloaded(self) -> str | None:
+        """Why new model work would be refused now (a full queue), or None."""
+        full = [b.name for b in self.batchers if b.full]
+        return f"the {', '.join(full)} queue is full" if full else None
 
     def require_prior(self) -> Any:
         if self.prior is None:
@@ -126,8 +143,7 @@ class CodecEngine:
         return self.prior
 
     async def to_bytes(self, encoded: EncodedAudio, entropy: bool) -> bytes:
-        """The codec's file for one item; entropy-coded with the prior (in the model's thread,
-        which runs one job at a time: the range coder pins PyTorch to one thread meanwhile)."""
+        """The codec's file for one item; entropy-coded with the prior in the model's thread."""
         if not entropy:
             return self.codec.to_bytes(encoded)
         prior = self.require_prior()
@@ -136,7 +152,7 @@ class CodecEngine:
     async def read_stream(self, data: bytes) -> DecodeJob:
         """The codec's binary file, packed or entropy-coded -> a DecodeJob; CorruptStreamError
         (400) if it is damaged. Its size is checked from the header before any entropy decoding,
-        which runs in the model's thread (the range coder pins PyTorch to one thread meanwhile)."""
+        which runs in the model's thread."""
         stream = await run_in_threadpool(self.codec.read_stream, data)
         header = stream.header
         if header.num_frames == 0:

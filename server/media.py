@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from codec import Codec
 from codec.api import write_audio
-from server.errors import ApiError
+from server.errors import ApiError, too_large
 from server.schemas import Tokens
 
 T = TypeVar("T")
@@ -98,3 +98,21 @@ def tokens_response(codec: Codec, codes: torch.Tensor, num_samples: int) -> Resp
         model_id=codec.model_id,
     )
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+BYTES_PER_CODE = 16  # generous for JSON: "1023, " plus any whitespace
+
+
+async def json_body(request: Request, limit: int) -> bytes:
+    """The body of a JSON request, refused (413) past `limit` bytes before it is parsed: a JSON
+    array of ints costs ~40x its size in Python objects. 415 unless the body is JSON."""
+    media = content_type(request)
+    if media != "application/json":
+        raise unsupported(media, ("application/json",))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"JSON body of {declared} bytes exceeds {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise too_large(f"JSON body of {len(body)} bytes exceeds {limit} bytes")
+    return body

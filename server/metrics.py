@@ -53,6 +53,12 @@ class Metrics(BatchObserver):
             registry=r,
         )
         self.errors = Counter("codec_errors", "Failed requests, by kind", ["kind"], registry=r)
+        self.interrupted_batches = Counter(
+            "codec_interrupted_batches",
+            "Model work stopped because every caller had left (timeout, disconnect)",
+            ["queue"],
+            registry=r,
+        )
 
     # BatchObserver
     def queue_depth(self, name: str, depth: int) -> None:
@@ -63,6 +69,9 @@ class Metrics(BatchObserver):
         self.batch_duration.labels(name).observe(seconds)
         for wait in waits:
             self.queue_wait.labels(name).observe(wait)
+
+    def interrupted(self, name: str) -> None:
+        self.interrupted_batches.labels(name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="intra-op CPU threads; None: PyTorch's default")
     warmup: bool = True
 
-    # Auth: when set, every route but /livez and /readyz needs `Authorization: Bearer <key>`.
+    # Auth: when set, every route but /livez and /readyz needs `Authorization: Bearer <key>`,
+    # checked before any of the body is read; the API docs too, unless `public_docs`.
     api_key: SecretStr | None = None
+    public_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json without the key")
 
     # Limits on what a request may ask for.
     max_body_bytes: int = Field(64 * 2**20, ge=1024)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.batching import DynamicBatcher, QueueFull, QueueTimeout, length_bucket
+from codec.interrupt import checkpoint
+from server.batching import BatchObserver, DynamicBatcher, QueueFull, QueueTimeout, length_bucket
 
 
 class Recorder:
@@ -174,3 +176,35 @@ def test_length_buckets_are_half_octaves():
     assert length_bucket(1) == length_bucket(16)
     assert length_bucket(100) == length_bucket(110) != length_bucket(200)
     assert length_bucket(500) > length_bucket(250) > length_bucket(100)
+
+
+def test_a_running_batch_whose_callers_left_stops_at_its_next_checkpoint():
+    """A caller that times out frees the model thread at the library's next checkpoint, and the
+    next job runs at once."""
+    steps = []
+
+    def long_work(key, payloads):
+        for _ in range(500 if key == "long" else 1):  # 10 s unless interrupted
+            checkpoint()
+            steps.append(key)
+            time.sleep(0.02)
+        return payloads
+
+    stopped: list[str] = []
+
+    class Observer(BatchObserver):
+        def interrupted(self, name: str) -> None:
+            stopped.append(name)
+
+    async def main():
+        batcher = await started(long_work, max_batch_size=1, max_wait=0.0, observer=Observer())
+        with pytest.raises(QueueTimeout):
+            await batcher.submit("long", 1, timeout=0.2)
+        started_at = time.monotonic()
+        answer = await asyncio.wait_for(batcher.submit("short", 2, timeout=5), 5)
+        await batcher.stop()
+        return answer, time.monotonic() - started_at
+
+    answer, seconds = run(main())
+    assert steps.count("long") < 50 and seconds < 5  # the short job did not wait out the long one
+    assert answer == 2 and stopped == ["test"]

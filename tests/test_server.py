@@ -24,7 +24,7 @@ from conftest import harmonic_signal
 from fastapi.testclient import TestClient
 
 from bench.server_process import running_server
-from codec import Codec, bitstream
+from codec import Codec, EncodedAudio, bitstream
 from server.app import _fail_readiness_on_sigterm, create_app
 from server.settings import Settings
 
@@ -185,6 +185,66 @@ def test_auth(tiny_checkpoint):
         assert_error(secured.get("/metrics", headers={"authorization": "Basic s3cret"}), 401)
         assert secured.get("/model", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert secured.get("/livez").status_code == 200 and secured.get("/readyz").status_code == 200
+
+
+def test_auth_comes_before_the_body_and_covers_the_docs(tiny_checkpoint):
+    """Without the key nothing of the body is read (a 60 MB JSON body is not parsed, nor even
+    received), and the API docs are behind the key unless public_docs is set."""
+    app = create_app(Settings(checkpoint=tiny_checkpoint, prior_checkpoint=None, api_key="s3cret"))
+    received, statuses = [], []
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": b"[" * 1024, "more_body": True}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {**encode_scope(60 * 2**20), "path": "/sample", "raw_path": b"/sample"}
+    scope["headers"] = [(b"content-type", b"application/json"), (b"content-length", str(60 * 2**20).encode())]
+    with TestClient(app) as secured:
+        secured.portal.call(app, scope, receive, send)
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert_error(secured.get(path), 401, "API key")
+        assert secured.get("/openapi.json", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        text = secured.get("/metrics", headers={"authorization": "bearer s3cret"}).text
+    assert statuses == [401] and received == []
+    assert metric(text, "codec_errors_total", kind="unauthorized") == 4
+    with client(tiny_checkpoint, api_key="s3cret", public_docs=True) as documented:
+        assert documented.get("/openapi.json").status_code == 200 and documented.get("/docs").status_code == 200
+        assert_error(documented.get("/model"), 401)
+
+
+def test_readiness_reports_a_full_queue(tiny_checkpoint):
+    raw = {"content-type": "audio/wav"}
+    with client(tiny_checkpoint, max_queue=1) as busy, held_model(busy) as release, ThreadPoolExecutor(2) as pool:
+        running = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
+        assert release.entered.wait(10), "the first request never reached the model"
+        waiting = pool.submit(busy.post, "/encode", content=audio_bytes(0.3), headers=raw)
+        wait_for(lambda: busy.get("/readyz").status_code == 503, "readiness never reported the full queue")
+        assert_error(busy.get("/readyz"), 503, "overloaded")
+        release.set()
+        assert running.result().status_code == 200 and waiting.result().status_code == 200
+        wait_for(lambda: busy.get("/readyz").status_code == 200, "readiness never recovered")
+
+
+def test_a_timed_out_entropy_job_frees_the_model_thread(tiny_checkpoint, tiny_prior_checkpoint):
+    """A request that times out while its entropy coding runs stops that work at the next
+    segment or frame: the next request gets the model thread at once, not after the coding."""
+    from codec.prior_api import TokenPrior
+
+    codec, prior = Codec.load(tiny_checkpoint), TokenPrior.load(tiny_prior_checkpoint)
+    codes = torch.randint(0, prior.codebook_size, (1, prior.num_levels, 15_000))  # 5 minutes of tokens
+    samples = codes.shape[-1] * codec.config.hop_length
+    stream = codec.to_bytes(EncodedAudio(codes, samples, codec.sample_rate, codec.model_id), prior)
+    binary = {"content-type": "application/octet-stream"}
+    with client(tiny_checkpoint, prior_checkpoint=tiny_prior_checkpoint, request_timeout_s=0.5) as slow:
+        started = time.monotonic()
+        assert_error(slow.post("/decode", content=stream, headers=binary), 504)
+        again = time.monotonic()
+        assert slow.post("/encode", content=audio_bytes(0.3), headers={"content-type": "audio/wav"}).status_code == 200
+        assert time.monotonic() - again < 5, f"the model thread was held ({time.monotonic() - started:.1f} s in all)"
 
 
 def test_readiness_model_info_and_metrics(api, tiny_checkpoint):
@@ -352,6 +412,12 @@ def test_sample_from_the_prior(api):
     assert_error(api.post("/sample", json={"seconds": 1, "top_k": 1000}), 422, "top_k")
     assert_error(api.post("/sample", json={"seconds": 1, "prompt": [[1, 2]] * 5}), 422, "1 to 4 rows")
     assert_error(api.post("/sample", json={"seconds": 1, "prompt": [[64]]}), 422, "[0, 64)")
+    assert_error(api.post("/sample", content=b'{"seconds": 1}', headers={"content-type": "text/plain"}), 415)
+    assert_error(api.post("/sample", content=b"{", headers={"content-type": "application/json"}), 422)
+    huge = b'{"seconds": 1, "prompt": [[' + b"1, " * 400_000 + b"1]]}"
+    assert_error(api.post("/sample", content=huge, headers={"content-type": "application/json"}), 413)
+    chunked = iter([huge[i : i + 65536] for i in range(0, len(huge), 65536)])  # no Content-Length
+    assert_error(api.post("/sample", content=chunked, headers={"content-type": "application/json"}), 413)
 
 
 def test_sample_without_a_prior_is_503(tiny_checkpoint):

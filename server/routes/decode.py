@@ -10,13 +10,20 @@ from starlette.concurrency import run_in_threadpool
 
 from server.deps import Authorized, EngineDep
 from server.engine import CodecEngine, DecodeJob
-from server.errors import model_work_responses, too_large, unprocessable, validation_message
-from server.media import STREAM_TYPE, audio_format, audio_response, content_type, unless_disconnected, unsupported
+from server.errors import model_work_responses, unprocessable, validation_message
+from server.media import (
+    BYTES_PER_CODE,
+    STREAM_TYPE,
+    audio_format,
+    audio_response,
+    content_type,
+    json_body,
+    unless_disconnected,
+    unsupported,
+)
 from server.schemas import TokensIn
 
 router = APIRouter(tags=["codec"], dependencies=[Authorized])
-
-BYTES_PER_CODE = 16  # generous for JSON: "1023, " plus any whitespace
 
 REQUEST_BODY = {
     "required": True,
@@ -63,23 +70,12 @@ async def decode(
         raise unsupported(media, ("application/json", STREAM_TYPE))
     with engine.decoder.expecting() as expected:  # batches forming now wait for this one
         if media == "application/json":
-            job = await run_in_threadpool(_parse_json, engine, await _json_body(request, engine))
+            limit = engine.codec.config.quantizer.num_levels * engine.max_frames * BYTES_PER_CODE + 65536
+            job = await run_in_threadpool(_parse_json, engine, await json_body(request, limit))
         else:
             job = await engine.read_stream(await request.body())
         wav = await unless_disconnected(request, engine.decode(job, expected))
     return await audio_response(wav, engine.codec.sample_rate, audio_format(request, format))
-
-
-async def _json_body(request: Request, engine: CodecEngine) -> bytes:
-    # Checked before parsing: a JSON array of ints costs ~40x its size in Python objects.
-    limit = engine.codec.config.quantizer.num_levels * engine.max_frames * BYTES_PER_CODE + 65536
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"token JSON of {declared} bytes exceeds {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise too_large(f"token JSON of {len(body)} bytes exceeds {limit} bytes")
-    return body
 
 
 def _parse_json(engine: CodecEngine, body: bytes) -> DecodeJob:

@@ -22,7 +22,7 @@ async def livez() -> Status:
     "/readyz",
     summary="Models loaded and warmed up, and not shutting down",
     response_model=Status,
-    responses=error_responses({503: "loading, or draining before shutdown"}),
+    responses=error_responses({503: "loading, draining before shutdown, or overloaded (a full queue)"}),
 )
 async def readyz(request: Request):
     state = request.app.state
@@ -30,6 +30,8 @@ async def readyz(request: Request):
         return JSONResponse({"detail": "shutting down"}, status_code=503)
     if not state.ready:
         return JSONResponse({"detail": "loading the model"}, status_code=503)
+    if reason := state.engine.overloaded():
+        return JSONResponse({"detail": f"overloaded: {reason}"}, status_code=503)
     return Status(status="ready")
 
 

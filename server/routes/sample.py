@@ -6,21 +6,32 @@ from typing import Annotated, Literal
 
 import torch
 from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from server.deps import Authorized, EngineDep, SettingsDep
 from server.engine import DecodeJob, SampleJob
-from server.errors import ApiError, model_work_responses, unprocessable
-from server.media import accepts, audio_format, audio_response, tokens_response, unless_disconnected
+from server.errors import ApiError, model_work_responses, unprocessable, validation_message
+from server.media import (
+    BYTES_PER_CODE,
+    accepts,
+    audio_format,
+    audio_response,
+    json_body,
+    tokens_response,
+    unless_disconnected,
+)
 from server.schemas import SampleRequest, Tokens
 
 router = APIRouter(tags=["prior"], dependencies=[Authorized])
 
 MIN_TEMPERATURE = 0.01
+REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": SampleRequest.model_json_schema()}}}
 
 ERRORS = model_work_responses(
     {
-        400: "a body that cannot be parsed (not UTF-8)",
-        413: "body over the size limit",
+        413: "body over the size limit (a prompt of the longest sample, as JSON)",
+        415: "not application/json",
         422: "invalid JSON, parameters or prompt",
         503: "no prior loaded, or queue full (see Retry-After)",
     }
@@ -31,6 +42,12 @@ ERRORS = model_work_responses(
     "/sample",
     summary="Sample codes from the prior",
     response_model=Tokens,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SampleRequest.model_json_schema()}},
+        }
+    },
     responses={
         200: {
             "content": {"audio/wav": {}, "audio/flac": {}},
@@ -41,7 +58,6 @@ ERRORS = model_work_responses(
 )
 async def sample(
     request: Request,
-    body: SampleRequest,
     engine: EngineDep,
     settings: SettingsDep,
     format: Annotated[Literal["wav", "flac"] | None, Query(description="answer with audio in this format")] = None,
@@ -49,6 +65,9 @@ async def sample(
     prior = engine.prior
     if prior is None:
         raise ApiError(503, f"no prior is loaded: {engine.prior_reason}", "no_prior")
+    # The longest prompt the limits allow, as JSON, and room for the other fields.
+    limit = int(settings.max_sample_seconds * prior.frame_rate) * prior.num_levels * BYTES_PER_CODE + 65536
+    body = await run_in_threadpool(_parse, await json_body(request, limit))
     if body.seconds > settings.max_sample_seconds:
         raise unprocessable(f"seconds must be at most {settings.max_sample_seconds:g}, got {body.seconds:g}")
     if 0 < body.temperature < MIN_TEMPERATURE:  # dividing logits by ~0 overflows to inf, then NaN
@@ -62,6 +81,13 @@ async def sample(
         wav = await unless_disconnected(request, engine.decode(DecodeJob(codes, num_samples)))
         return await audio_response(wav, engine.codec.sample_rate, audio_format(request, format))
     return tokens_response(engine.codec, codes, num_samples)
+
+
+def _parse(body: bytes) -> SampleRequest:
+    try:
+        return SampleRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise unprocessable(validation_message(error)) from None
 
 
 def _prompt(body: SampleRequest, prior, settings) -> torch.Tensor | None:
