@@ -1,11 +1,12 @@
 """Speed and memory benchmark of the codec on CPU, side by side with EnCodec's 24 kHz architecture.
 
-    python -m bench.speed --threads 2 [--checkpoint PATH] [--hour] [--prior [PATH]]
+    python -m bench.speed --threads 2 [--checkpoint PATH] [--hour] [--hour-entropy [--prior PATH]]
 
 Prints encode and decode real-time factors (seconds of audio per second of compute) for a 10 s
 clip at batch 1 and batch 16, the same for EnCodec (random weights: only the architecture is
 timed, `pip install encodec`), their ratio, and with --hour the peak RSS of encoding and decoding
-a one-hour file through the CLI path in a fresh process. Run it on an idle machine.
+a one-hour file through the CLI path in a fresh process. Run it on an idle machine. The prior's
+speeds and sizes: bench.prior.
 """
 
 from __future__ import annotations
@@ -57,25 +58,6 @@ def bench_encodec(seconds: float, batch: int, repeats: int) -> tuple[float, floa
     return seconds * batch / enc, seconds * batch / dec
 
 
-def bench_prior(prior, seconds: float) -> None:
-    """Sampling, entropy encoding and entropy decoding speed of the prior, as real-time factors."""
-    start = time.perf_counter()
-    codes = prior.sample(seconds, temperature=1.0, top_k=50, seed=0)
-    sample = time.perf_counter() - start
-    start = time.perf_counter()
-    payload = prior.entropy_encode(codes)
-    encode = time.perf_counter() - start
-    start = time.perf_counter()
-    decoded = prior.entropy_decode(payload, codes.shape[1], codes.shape[2])
-    decode = time.perf_counter() - start
-    assert torch.equal(decoded, codes)
-    print(
-        f"prior ({sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M params, {codes.shape[1]} levels): "
-        f"sample {seconds / sample:.1f}x, entropy encode {seconds / encode:.1f}x, "
-        f"entropy decode {seconds / decode:.1f}x real time ({seconds:g} s of tokens)"
-    )
-
-
 def _peak_rss_child(args: list[str], threads: int) -> tuple[float, float]:
     """Run `python -m codec ARGS` in a fresh process; return (peak RSS in MB, wall seconds)."""
     # VmHWM is the peak RSS of this process image only: ru_maxrss would carry over the parent's
@@ -93,7 +75,8 @@ def _peak_rss_child(args: list[str], threads: int) -> tuple[float, float]:
     return float(rss), float(wall)
 
 
-def bench_hour(checkpoint: str | None, threads: int) -> None:
+def bench_hour(checkpoint: str | None, threads: int, entropy: list[str]) -> None:
+    """`entropy`: extra encode options, e.g. ["--entropy", "--prior", PATH] ([]: packed)."""
     import soundfile as sf
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,12 +87,16 @@ def bench_hour(checkpoint: str | None, threads: int) -> None:
             for _ in range(60):  # one minute at a time: the benchmark itself stays small
                 f.write((rng.standard_normal(rate * 60) * 0.05).astype(np.float32))
         extra = ["--checkpoint", checkpoint] if checkpoint else []
-        rss_e, wall_e = _peak_rss_child(["encode", str(wav), str(Path(tmp) / "hour.vqac"), "-q", *extra], threads)
+        rss_e, wall_e = _peak_rss_child(
+            ["encode", str(wav), str(Path(tmp) / "hour.vqac"), "-q", *extra, *entropy], threads
+        )
+        prior = entropy[entropy.index("--prior") : entropy.index("--prior") + 2] if "--prior" in entropy else []
         rss_d, wall_d = _peak_rss_child(
-            ["decode", str(Path(tmp) / "hour.vqac"), str(Path(tmp) / "out.wav"), "-q", *extra], threads
+            ["decode", str(Path(tmp) / "hour.vqac"), str(Path(tmp) / "out.wav"), "-q", *extra, *prior], threads
         )
         print(
-            f"1-hour file: encode peak RSS {rss_e:.0f} MB ({3600 / wall_e:.0f}x real time), "
+            f"1-hour file{' (entropy-coded)' if entropy else ''}: "
+            f"encode peak RSS {rss_e:.0f} MB ({3600 / wall_e:.0f}x real time), "
             f"decode peak RSS {rss_d:.0f} MB ({3600 / wall_d:.0f}x real time)"
         )
 
@@ -121,9 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hour", action="store_true", help="also measure peak memory on a 1-hour file")
-    parser.add_argument(
-        "--prior", nargs="?", const="bundled", help="also time the prior (a checkpoint; default: bundled, else random)"
-    )
+    parser.add_argument("--hour-entropy", action="store_true", help="the same with --entropy (the bundled prior)")
+    parser.add_argument("--prior", help="with --hour-entropy: this prior checkpoint instead of the bundled one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -149,22 +135,16 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{'EnCodec 24 kHz arch':<22}{batch:>6}{theirs[0]:>12.1f}{theirs[1]:>12.1f}")
         print(f"{'ratio ours/EnCodec':<22}{batch:>6}{ours[0] / theirs[0]:>12.1f}{ours[1] / theirs[1]:>12.1f}")
-    if args.prior:
-        from codec.prior import PriorConfig, TokenPriorModel
-        from codec.prior_api import BUNDLED_PRIOR, TokenPrior
-
-        if args.prior != "bundled" or BUNDLED_PRIOR.exists():
-            prior = TokenPrior.load(None if args.prior == "bundled" else args.prior)
-        else:
-            prior = TokenPrior(TokenPriorModel(PriorConfig()), "prior:random")
-        bench_prior(prior, args.seconds)
-    if args.hour:
+    if args.hour or args.hour_entropy:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = args.checkpoint
             if checkpoint is None and not BUNDLED_CHECKPOINT.exists():
                 checkpoint = str(Path(tmp) / "random.safetensors")
                 codec.save(checkpoint)
-            bench_hour(checkpoint, args.threads)
+            if args.hour:
+                bench_hour(checkpoint, args.threads, [])
+            if args.hour_entropy:
+                bench_hour(checkpoint, args.threads, ["--entropy"] + (["--prior", args.prior] if args.prior else []))
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

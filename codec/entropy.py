@@ -308,3 +308,85 @@ def ideal_bits(symbols: np.ndarray, frequencies: np.ndarray, precision: int = DE
     """Information content of symbols [M] under frequencies [M, V]: sum of -log2(f / 2**precision)."""
     chosen = np.asarray(frequencies)[np.arange(len(symbols)), np.asarray(symbols)]
     return float(np.sum(precision - np.log2(chosen)))
+
+
+def encode_intervals(starts: np.ndarray, frequencies: np.ndarray, precision: int = DEFAULT_PRECISION) -> bytes:
+    """The payload of symbols given by their intervals (start [M], frequency [M], under tables that
+    sum to 2**precision), in the format RangeDecoder reads: the same as RangeEncoder's."""
+    _check_precision(precision)
+    starts = np.asarray(starts, dtype=np.int64)
+    frequencies = np.asarray(frequencies, dtype=np.int64)
+    total = 1 << precision
+    if starts.shape != frequencies.shape or starts.ndim != 1:
+        raise ValueError("starts and frequencies must be vectors of the same length")
+    if len(starts) and (frequencies.min() < 1 or starts.min() < 0 or (starts + frequencies).max() > total):
+        raise ValueError(f"intervals must have frequency >= 1 and lie in [0, 2**{precision})")
+    renorm_bits = STATE_BITS - precision + 8
+    out = bytearray()
+    x = _LOWER
+    for start, frequency in zip(reversed(starts.tolist()), reversed(frequencies.tolist())):
+        limit = frequency << renorm_bits
+        while x >= limit:
+            out.append(x & 0xFF)
+            x >>= 8
+        quotient, remainder = divmod(x, frequency)
+        x = (quotient << precision) + start + remainder
+    out += x.to_bytes(STATE_BYTES, "little")
+    out.reverse()
+    return bytes(out)
+
+
+class ParallelDecoder:
+    """Decodes B payloads side by side, one symbol of each per call, with numpy: the decoder of
+    independently coded segments. Each payload is in RangeEncoder's format.
+
+    Raises CorruptStreamError, and nothing else, on damaged payloads (given valid tables)."""
+
+    def __init__(self, payloads: list[bytes], precision: int = DEFAULT_PRECISION):
+        _check_precision(precision)
+        self.precision = precision
+        if any(len(p) < STATE_BYTES for p in payloads):
+            raise CorruptStreamError(f"an entropy-coded segment is shorter than {STATE_BYTES} bytes")
+        lengths = np.array([len(p) for p in payloads], dtype=np.int64)
+        self._data = np.frombuffer(b"".join(payloads) + b"\0", dtype=np.uint8)
+        self._end = np.cumsum(lengths)
+        first = self._end - lengths
+        heads = np.stack([self._data[first + i] for i in range(STATE_BYTES)], axis=1).astype(np.int64)
+        self._state = (heads[:, 0] << 24) | (heads[:, 1] << 16) | (heads[:, 2] << 8) | heads[:, 3]
+        if ((self._state < _LOWER) | (self._state >= _UPPER)).any():
+            raise CorruptStreamError("an entropy-coded segment's initial state is out of range")
+        self._position = first + STATE_BYTES
+
+    def decode(self, starts: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """The next symbol [B] of each payload under interval starts [B, V + 1] (increasing, 0 first,
+        2**precision last); rows where `active` is False are left alone and give 0."""
+        starts = np.asarray(starts, dtype=np.int64)
+        mask = np.ones(len(self._state), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        total = 1 << self.precision
+        x = self._state
+        slot = x & (total - 1)
+        symbols = (starts[:, 1:] <= slot[:, None]).sum(axis=1)  # the interval that holds the slot
+        rows = np.arange(len(x))
+        low = starts[rows, symbols]
+        frequency = starts[rows, symbols + 1] - low
+        if (frequency[mask] < 1).any():
+            raise ValueError("interval starts must be increasing")
+        updated = frequency * (x >> self.precision) + slot - low
+        x = np.where(mask, updated, x)
+        for _ in range(2):  # a step takes at most 16 bits off a state of at least 23
+            need = mask & (x < _LOWER)
+            if not need.any():
+                break
+            if (self._position[need] >= self._end[need]).any():
+                raise CorruptStreamError("entropy-coded payload ends too early")
+            x[need] = (x[need] << 8) | self._data[self._position[need]]
+            self._position[need] += 1
+        self._state = x
+        return np.where(mask, symbols, 0)
+
+    def finish(self) -> None:
+        """Check that every payload was exactly used up; CorruptStreamError if not."""
+        if (self._position != self._end).any():
+            raise CorruptStreamError("bytes left over in an entropy-coded segment")
+        if (self._state != _LOWER).any():
+            raise CorruptStreamError("an entropy-coded segment does not end in the coder's initial state")

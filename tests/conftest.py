@@ -109,20 +109,13 @@ def tiny_checkpoint(tiny_codec: Codec, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory) -> Path:
     """A tiny random prior over the tiny codec's tokens (as the codec loads it from tiny_checkpoint)."""
-    from codec.prior import PriorConfig, TokenPriorModel
+    from tiny import tiny_prior_config
+
+    from codec.prior import PriorNet
     from codec.prior_api import TokenPrior
 
     torch.manual_seed(0)
-    config = PriorConfig(
-        num_levels=4,
-        codebook_size=64,
-        dim=32,
-        layers=1,
-        heads=2,
-        depth_hidden=32,
-        context=64,
-        codec_model_id=Codec.load(tiny_checkpoint).model_id,
-    )
+    config = tiny_prior_config(Codec.load(tiny_checkpoint).model_id)
     path = tmp_path_factory.mktemp("checkpoints") / "tiny-prior.safetensors"
-    TokenPrior(TokenPriorModel(config), "prior:tiny").save(path)
+    TokenPrior.from_network(PriorNet(config), "prior:tiny").save(path)
     return path

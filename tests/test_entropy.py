@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from codec.entropy import (
     DEFAULT_PRECISION,
     STATE_BYTES,
+    ParallelDecoder,
     RangeDecoder,
     RangeEncoder,
     decode_symbols,
+    encode_intervals,
     encode_symbols,
     ideal_bits,
     max_symbols,
@@ -313,3 +315,62 @@ def test_max_symbols_bounds_the_most_compressible_streams(vocabulary):
     for count in (1, 1000, 50_000):
         payload = encode_symbols(np.zeros(count, dtype=np.int64), np.tile(row, (count, 1)))
         assert count <= max_symbols(len(payload), vocabulary) <= 1.2 * count + 8 * 64 / np.log2(total / row[0])
+
+
+# interval coding and the parallel decoder of segments
+
+
+def intervals_of(symbols: np.ndarray, frequencies: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, frequency) of each symbol and the interval starts [M, V + 1] of each row."""
+    starts = np.zeros((len(frequencies), frequencies.shape[1] + 1), dtype=np.int64)
+    starts[:, 1:] = np.cumsum(frequencies, axis=1)
+    rows = np.arange(len(symbols))
+    return starts[rows, symbols], frequencies[rows, symbols], starts
+
+
+@FAST
+@given(seeds, st.integers(1, 6), st.integers(0, 80), st.sampled_from(KINDS))
+def test_interval_coding_matches_the_range_coder_and_decodes_side_by_side(seed, streams, length, kind):
+    rng = np.random.default_rng(seed)
+    vocabulary = int(rng.integers(2, 1025))
+    lengths = rng.integers(0, length + 1, streams)
+    lengths[0] = length  # the longest stream sets the number of steps
+    payloads, tables, symbol_rows = [], [], []
+    for count in lengths:
+        frequencies = quantize_probabilities(random_probs(rng, length, vocabulary, kind))
+        symbols = np.array([rng.choice(vocabulary, p=row / row.sum()) for row in frequencies], dtype=np.int64)
+        low, width, starts = intervals_of(symbols[:count], frequencies[:count])
+        payload = encode_intervals(low, width)
+        assert payload == encode_symbols(symbols[:count], frequencies[:count])  # the same format
+        payloads.append(payload)
+        tables.append(starts if count else np.zeros((0, vocabulary + 1), dtype=np.int64))
+        symbol_rows.append(symbols[:count])
+    decoder = ParallelDecoder(payloads)
+    for step in range(length):
+        active = lengths > step
+        idle = np.r_[0, np.full(vocabulary, 1 << 16)]  # any table: finished streams ignore it
+        starts = np.stack([t[step] if a else idle for t, a in zip(tables, active)])
+        decoded = decoder.decode(starts, active)
+        for index in np.flatnonzero(active):
+            assert decoded[index] == symbol_rows[index][step]
+    decoder.finish()
+
+
+def test_parallel_decoder_rejects_damaged_and_short_segments():
+    frequencies = quantize_probabilities(np.ones((20, 5)))
+    low, width, starts = intervals_of(np.arange(20) % 5, frequencies)
+    payload = encode_intervals(low, width)
+    with pytest.raises(CorruptStreamError):
+        ParallelDecoder([payload, b"\x00\x80"])
+    with pytest.raises(CorruptStreamError):
+        decoder = ParallelDecoder([payload + b"\x00"])
+        for row in starts:
+            decoder.decode(row[None])
+        decoder.finish()
+    with pytest.raises(CorruptStreamError):
+        decoder = ParallelDecoder([payload[:-1]])
+        for row in starts:
+            decoder.decode(row[None])
+        decoder.finish()
+    with pytest.raises(ValueError):
+        encode_intervals(np.array([0]), np.array([0]))

@@ -155,7 +155,9 @@ def test_freeze_rejects_unknown_or_all_parts(spec):
 
 @pytest.mark.slow
 def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_corpus, tmp_path, monkeypatch):
-    from codec.prior import PriorConfig, TokenPriorModel
+    from tiny import tiny_prior_config
+
+    from codec.prior import PriorNet
     from codec.prior_api import TokenPrior
     from training import export
 
@@ -172,17 +174,12 @@ def test_export_retargets_the_prior_only_to_a_codec_with_the_same_tokens(tiny_co
     prior_run = tmp_path / "prior"
     prior_run.mkdir()
     (prior_run / "metrics.jsonl").write_text("")
-    config = PriorConfig(
+    config = tiny_prior_config(
+        export.half_precision_id(tmp_path / "base" / "last.safetensors"),
         num_levels=base.model.config.quantizer.num_levels,
         codebook_size=base.model.config.quantizer.codebook_size,
-        dim=32,
-        layers=1,
-        heads=2,
-        depth_hidden=32,
-        context=64,
-        codec_model_id=export.half_precision_id(tmp_path / "base" / "last.safetensors"),
     )
-    TokenPrior(TokenPriorModel(config), "prior:tiny").save(prior_run / "best.safetensors")
+    TokenPrior.from_network(PriorNet(config), "prior:tiny").save(prior_run / "best.safetensors")
     (prior_run / "state.safetensors").write_bytes((tmp_path / "base" / "state.safetensors").read_bytes())
     assets = tmp_path / "assets"
     monkeypatch.setattr(export, "ASSETS", assets)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from codec.config import CodecConfig
+from codec.prior import PriorConfig
 from training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,19 @@ TINY_MODEL = {
 
 def tiny_config() -> CodecConfig:
     return CodecConfig.with_overrides(TINY_MODEL)
+
+
+def tiny_prior_config(codec_model_id: str, num_levels: int = 4, codebook_size: int = 64) -> PriorConfig:
+    """A prior small enough to train and run in a test, over the tiny codec's tokens."""
+    return PriorConfig(
+        num_levels=num_levels,
+        codebook_size=codebook_size,
+        dim=32,
+        hidden=48,
+        dilations=(1, 2, 4),
+        depth_hidden=40,
+        codec_model_id=codec_model_id,
+    )
 
 
 def tiny_run(manifest: Path, run_dir: Path, **overrides) -> TrainConfig:

@@ -28,7 +28,7 @@ from safetensors import safe_open
 
 from codec.api import BUNDLED_CHECKPOINT, Codec
 from codec.checkpoint import content_digest, read_checkpoint
-from codec.prior import TokenPriorModel
+from codec.fixedpoint import IntegerPrior
 from codec.prior_api import BUNDLED_PRIOR, TokenPrior
 
 ASSETS = BUNDLED_CHECKPOINT.parent
@@ -139,7 +139,7 @@ def retarget_prior(prior: TokenPrior, fitted_to_path: Path, shipped: Codec) -> T
             raise SystemExit(
                 f"{name} differs between the codecs: the shipped codec's tokens are not those the prior was fitted to"
             )
-    model = TokenPriorModel(dataclasses.replace(prior.config, codec_model_id=shipped.model_id))
+    model = IntegerPrior(dataclasses.replace(prior.config, codec_model_id=shipped.model_id))
     model.load_state_dict(prior.model.state_dict())
     return TokenPrior(model, prior.model_id)
 
@@ -283,14 +283,15 @@ def main(argv: list[str] | None = None) -> None:
         prior = TokenPrior.load(args.prior_run / "best.safetensors")
         if args.prior_fitted_to:
             prior = retarget_prior(prior, args.prior_fitted_to, codec)
-        prior.save(BUNDLED_PRIOR, half=True)  # runs in float32
+        prior.save(BUNDLED_PRIOR)  # integers: nothing to gain from half precision
         prior = TokenPrior.load(BUNDLED_PRIOR)
         prior_val = best_validation(args.prior_run)
         lines += [
             "## Token prior",
             "",
-            f"- {prior.model_id}: {sum(p.numel() for p in prior.model.parameters()) / 1e6:.2f}M parameters, "
-            f"{prior.config.layers} layers x {prior.config.dim}, context {prior.config.context} frames",
+            f"- {prior.model_id}: {sum(t.numel() for t in prior.model.state_dict().values()) / 1e6:.2f}M integers, "
+            f"{len(prior.config.dilations)} temporal layers x {prior.config.dim}, "
+            f"{prior.config.receptive_field} frames of context",
             f"- shipped: the best of {run_info(args.prior_run)['step']} steps, "
             f"step {prior_val['step'] if prior_val else '?'}; "
             f"validation then: `{json.dumps(prior_val['val']) if prior_val else 'none'}`",

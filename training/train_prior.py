@@ -6,12 +6,12 @@
 
 Any PriorTrainConfig field can be overridden as `--field value`. Resumes exactly from
 `run_dir/state.safetensors`; writes `best.safetensors` (lowest validation bits per token),
-`last.safetensors` and `metrics.jsonl`.
+`last.safetensors` and `metrics.jsonl`. The saved priors are the integer networks that
+inference runs (codec.fixedpoint); the float network and its optimizer live in the state file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from codec.prior import PriorConfig, TokenPriorModel, bits
+from codec.fixedpoint import IntegerPrior
+from codec.prior import PriorConfig, PriorNet, bits
 from codec.prior_api import TokenPrior
 from codec.tokenize import load_tokens
 from training.state import load_training_state, save_training_state
+from training.step import autocast
 from training.train import learning_rate_factor, parse_overrides
 
 
@@ -35,21 +38,21 @@ class PriorTrainConfig:
     val_tokens: str = "tokens/val"
     run_dir: str = "runs/prior"
     codec_model_id: str = ""  # recorded in the prior; default: the id in the token index
-    # Start a new run from this prior's weights (same sizes), e.g. the prior of a codec whose
-    # codebooks have since moved: the code indices keep most of their meaning.
+    # Start a new run from the float network in this run's state file (same sizes), e.g. the
+    # prior of a codec whose codebooks have since moved: the code indices keep most of their meaning.
     init_from: str = ""
     dim: int = 256
-    layers: int = 6
-    heads: int = 4
+    hidden: int = 512
+    dilations: str = "1,2,4,8,16,32,1,2,4,8,16,32"
     depth_hidden: int = 512
-    context: int = 500
+    precision: str = "auto"  # "bf16", "fp32", or "auto": bf16 where it is fast (training.step.fast_bf16)
     steps: int = 20_000
     max_minutes: float = 0.0
     batch_size: int = 16
     seq_frames: int = 250
     learning_rate: float = 1e-3
-    warmup_steps: int = 500
-    lr_half_life: int = 10_000
+    warmup_steps: int = 200
+    lr_half_life: int = 2_000
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     level_dropout: float = 0.3  # share of batches trained on fewer levels (lower bitrates)
@@ -63,6 +66,16 @@ class PriorTrainConfig:
 
 def parse_config(argv: list[str]) -> PriorTrainConfig:
     return parse_overrides(PriorTrainConfig(), argv)
+
+
+def unigram_counts(stream: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs on each level of codes [K, N]: [K, V]."""
+    return torch.stack([torch.bincount(level, minlength=codebook_size) for level in stream])
+
+
+def export(model: PriorNet) -> TokenPrior:
+    """The integer prior that inference runs, from the float network being trained."""
+    return TokenPrior(IntegerPrior.from_float(model), "prior")
 
 
 def token_stream(directory: str) -> torch.Tensor:
@@ -79,7 +92,7 @@ def random_crops(stream: torch.Tensor, batch: int, frames: int, generator: torch
 
 
 @torch.no_grad()
-def evaluate(model: TokenPriorModel, stream: torch.Tensor, frames: int, seq_frames: int) -> dict:
+def evaluate(model: PriorNet, stream: torch.Tensor, frames: int, seq_frames: int) -> dict:
     """Bits per token over the first `frames` frames, in windows of seq_frames, and per level."""
     model.eval()
     stream = stream[:, :frames]
@@ -87,7 +100,7 @@ def evaluate(model: TokenPriorModel, stream: torch.Tensor, frames: int, seq_fram
     per_level = torch.zeros(stream.shape[0])
     for start in range(0, len(windows), 16):
         codes = torch.stack(windows[start : start + 16])
-        logits = model(codes)
+        logits = model(codes).float()
         loss = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), codes, reduction="none")
         per_level += loss.sum(dim=(0, 2))
     per_level = per_level / max(len(windows) * seq_frames, 1)
@@ -112,18 +125,20 @@ def main(argv: list[str] | None = None) -> None:
     prior_config = PriorConfig(
         num_levels=train_stream.shape[0],
         dim=config.dim,
-        layers=config.layers,
-        heads=config.heads,
+        hidden=config.hidden,
+        dilations=tuple(int(d) for d in config.dilations.split(",")),
         depth_hidden=config.depth_hidden,
-        context=config.context,
         codec_model_id=codec_id,
     )
-    model = TokenPriorModel(prior_config)
+    model = PriorNet(prior_config)
+    model.init_unigram(unigram_counts(train_stream, prior_config.codebook_size))
     if config.init_from:
-        warm = TokenPrior.load(config.init_from).model
-        if dataclasses.replace(warm.config, codec_model_id=codec_id) != prior_config:
-            raise SystemExit(f"{config.init_from} has another shape: {warm.config} (this run: {prior_config})")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm.state_dict().items()})
+        warm = load_file(str(Path(config.init_from) / "state.safetensors"))
+        weights = {k.split("/", 1)[1]: v for k, v in warm.items() if k.startswith("module.prior/")}
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            raise SystemExit(f"{config.init_from} holds a prior of another shape: {error}") from None
     optimizer = torch.optim.AdamW(
         model.parameters(), config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:
         info = {"step": step, "best": best, "elapsed": elapsed + time.time() - started}
         save_training_state(state_path, modules, optimizers, schedulers, generators, info)
-        TokenPrior(model, "prior").save(run_dir / "last.safetensors")
+        export(model).save(run_dir / "last.safetensors")
 
     def validate(best: float) -> float:
         """Score the model on validation tokens; keep it as best.safetensors if it beats `best`."""
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         tqdm.write(f"step {step}: val {json.dumps(result)}")
         if result["bits_per_token"] < best:
             best = result["bits_per_token"]
-            TokenPrior(model, "prior").save(run_dir / "best.safetensors")
+            export(model).save(run_dir / "best.safetensors")
         return best
 
     metrics = (run_dir / "metrics.jsonl").open("a")
@@ -176,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         codes = random_crops(train_stream, config.batch_size, config.seq_frames, generator)
         if float(torch.rand((), generator=generator)) < config.level_dropout:
             codes = codes[:, : int(torch.randint(1, codes.shape[1], (), generator=generator))]
-        loss = model.loss(codes)
+        with autocast(torch.device("cpu"), config.precision):
+            loss = model.loss(codes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
